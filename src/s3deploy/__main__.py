@@ -1,0 +1,3 @@
+from s3deploy.cli import main
+
+main()
