@@ -1,0 +1,349 @@
+"""Tests for s3deploy.hooks: real shell scripts, real processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from s3deploy.errors import HookFailed
+from s3deploy.hooks import RUNAS_PATH, HookResult, run_hook
+
+BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def write_script(folder: Path, name: str, body: str, *, mode: int = 0o755, shebang: bool = True) -> Path:
+    path = folder / name
+    path.write_text(("#!/bin/sh\n" if shebang else "") + body)
+    path.chmod(mode)
+    return path
+
+
+def is_gone(pid: int) -> bool:
+    """True when the process no longer runs (reaped, or a zombie waiting for its new parent)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+async def wait_gone(pid: int, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not is_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+async def wait_for_pid(path: Path, timeout_s: float = 5.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (pid := read_pid(path)) is None:
+        assert time.monotonic() < deadline, f"{path} never written"
+        await asyncio.sleep(0.02)
+    return pid
+
+
+@pytest.fixture
+def reap_pids() -> Iterator[list[int]]:
+    """Pids to SIGKILL, with their process groups, at the end of a test, so no sleep outlives it."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) != os.getpgrp():  # never our own group, even if a hook failed to detach
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_success_streams_lines_in_order_with_exact_env_and_own_session(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        "start.sh",
+        'echo "one"\necho "two" >&2\necho "foo=$FOO home=${HOME-unset}"\n'
+        "echo \"ids $$ $(cut -d' ' -f5,6 /proc/$$/stat)\"\nprintf 'crlf\\r\\n'\n",
+    )
+    lines: list[str] = []
+    result = await run_hook(
+        script,
+        event="ApplicationStart",
+        cwd=tmp_path,
+        env={**BASE_ENV, "FOO": "bar"},
+        timeout_s=10,
+        on_line=lines.append,
+    )
+    assert isinstance(result, HookResult)
+    assert result.exit_code == 0 and result.event == "ApplicationStart" and result.script == str(script)
+    assert lines[:3] == ["one", "two", "foo=bar home=unset"]
+    pid, pgrp, session = lines[3].split()[1:]
+    assert pid == pgrp == session, "the hook must lead its own session and process group"
+    assert lines[4] == "crlf"
+    assert result.output_tail.splitlines() == lines
+    assert 0 <= result.duration_s < 5
+
+
+async def test_exit_code_fails_with_code_and_last_output(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path, "check.sh", 'for i in 1 2 3; do echo "line $i"; done\necho "db down"\nexit 3\n'
+    )
+    with pytest.raises(HookFailed) as info:
+        await run_hook(script, event="ValidateService", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+    err = info.value
+    assert err.exit_code == 3 and not err.timed_out
+    assert err.event == "ValidateService" and err.script == str(script)
+    assert "ValidateService: check.sh exited with code 3" in str(err)
+    assert str(err).endswith("line 3\ndb down")
+
+
+async def test_long_output_message_is_bounded_and_tail_keeps_newest(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path, "noisy.sh", 'i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done\n'
+    )
+    result = await run_hook(
+        script, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10, tail_bytes=40
+    )
+    assert len(result.output_tail.encode()) <= 40
+    assert result.output_tail.endswith("line 298\nline 299")
+    assert result.output_tail.splitlines()[0].startswith("line 2")
+
+    failing = write_script(
+        tmp_path, "fail.sh", 'i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done\nexit 1\n'
+    )
+    with pytest.raises(HookFailed) as info:
+        await run_hook(failing, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+    assert len(str(info.value)) < 600
+    assert str(info.value).endswith("line 299")
+
+
+async def test_killed_by_signal_is_named(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "suicide.sh", "echo bye\nkill -KILL $$\n")
+    with pytest.raises(HookFailed) as info:
+        await run_hook(script, event="ApplicationStop", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+    assert info.value.exit_code == -signal.SIGKILL
+    assert "ApplicationStop: suicide.sh was killed by signal SIGKILL" in str(info.value)
+
+
+async def test_missing_script(tmp_path: Path) -> None:
+    missing = tmp_path / "scripts" / "nope.sh"
+    with pytest.raises(HookFailed) as info:
+        await run_hook(missing, event="BeforeInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+    assert str(info.value) == f"BeforeInstall: script {missing} not found"
+    assert info.value.exit_code is None and info.value.script == str(missing)
+
+
+async def test_missing_interpreter_fails_clearly(tmp_path: Path) -> None:
+    script = tmp_path / "py2.sh"
+    script.write_text("#!/usr/bin/no-such-interpreter\nprint 'x'\n")
+    script.chmod(0o755)
+    with pytest.raises(HookFailed, match=r"BeforeInstall: cannot execute .*py2\.sh.*shebang"):
+        await run_hook(script, event="BeforeInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+
+
+async def test_non_executable_script_gets_exec_bits_and_runs(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "install.sh", "echo ran\n", mode=0o640)
+    result = await run_hook(script, event="BeforeInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+    assert result.output_tail == "ran"
+    assert script.stat().st_mode & 0o777 == 0o750
+
+
+async def test_script_without_shebang_runs_with_sh(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "plain.sh", 'x=41\necho "answer $((x+1))"\n', shebang=False)
+    result = await run_hook(script, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+    assert result.output_tail == "answer 42"
+
+
+async def test_cwd_and_stdin_devnull(tmp_path: Path) -> None:
+    work = tmp_path / "bundle"
+    work.mkdir()
+    script = write_script(tmp_path, "where.sh", 'pwd\nif read x; then echo "got $x"; else echo eof; fi\n')
+    result = await run_hook(script, event="AfterInstall", cwd=work, env=BASE_ENV, timeout_s=5)
+    assert result.output_tail.splitlines() == [str(work.resolve()), "eof"]
+
+
+async def test_timeout_kills_whole_group(tmp_path: Path, reap_pids: list[int]) -> None:
+    script = write_script(
+        tmp_path,
+        "hang.sh",
+        f"sleep 1000 &\necho $! > {tmp_path}/bg.pid\necho $$ > {tmp_path}/main.pid\n"
+        "echo waiting\nsleep 1000\n",
+    )
+    started = time.monotonic()
+    with pytest.raises(HookFailed) as info:
+        await run_hook(
+            script, event="ApplicationStart", cwd=tmp_path, env=BASE_ENV, timeout_s=0.5, kill_grace_s=2
+        )
+    elapsed = time.monotonic() - started
+    bg, main = int((tmp_path / "bg.pid").read_text()), int((tmp_path / "main.pid").read_text())
+    reap_pids += [bg, main]
+    assert info.value.timed_out and info.value.exit_code is None
+    assert "ApplicationStart: hang.sh timed out after 0.5 s" in str(info.value)
+    assert "waiting" in str(info.value)
+    assert elapsed < 2, "sleep dies on SIGTERM: no need to wait for the grace period"
+    assert await wait_gone(main) and await wait_gone(bg)
+
+
+async def test_term_ignored_gets_sigkill_after_grace(
+    tmp_path: Path, reap_pids: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    script = write_script(
+        tmp_path,
+        "stubborn.sh",
+        f"trap '' TERM\nsleep 1000 &\necho $! > {tmp_path}/bg.pid\nwhile true; do sleep 0.05; done\n",
+    )
+    caplog.set_level(logging.INFO, logger="s3deploy.hooks")
+    started = time.monotonic()
+    with pytest.raises(HookFailed) as info:
+        await run_hook(
+            script, event="ApplicationStop", cwd=tmp_path, env=BASE_ENV, timeout_s=0.5, kill_grace_s=0.5
+        )
+    elapsed = time.monotonic() - started
+    bg = int((tmp_path / "bg.pid").read_text())
+    reap_pids.append(bg)
+    assert info.value.timed_out
+    assert 1.0 <= elapsed < 4
+    assert await wait_gone(bg)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("sent SIGTERM" in m for m in messages)
+    assert any("sent SIGKILL" in m for m in messages)
+
+
+async def test_cancellation_kills_group_and_propagates(tmp_path: Path, reap_pids: list[int]) -> None:
+    script = write_script(
+        tmp_path,
+        "long.sh",
+        f"trap '' TERM\nsleep 1000 &\necho $! > {tmp_path}/bg.pid\n"
+        f"echo $$ > {tmp_path}/main.pid\nsleep 1000\n",
+    )
+    task = asyncio.create_task(
+        run_hook(script, event="ApplicationStart", cwd=tmp_path, env=BASE_ENV, timeout_s=60, kill_grace_s=0.5)
+    )
+    bg = await wait_for_pid(tmp_path / "bg.pid")
+    main = await wait_for_pid(tmp_path / "main.pid")
+    reap_pids += [bg, main]
+    task.cancel()
+    await asyncio.sleep(0.2)  # now inside the TERM grace period (TERM is ignored)
+    assert not task.done()
+    task.cancel()  # a second cancellation must not cut the cleanup short
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert is_gone(main) and await wait_gone(bg)
+
+
+async def test_failure_kills_background_children(tmp_path: Path, reap_pids: list[int]) -> None:
+    script = write_script(tmp_path, "half.sh", f"sleep 1000 &\necho $! > {tmp_path}/bg.pid\nexit 2\n")
+    started = time.monotonic()
+    with pytest.raises(HookFailed) as info:
+        await run_hook(script, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
+    bg = int((tmp_path / "bg.pid").read_text())
+    reap_pids.append(bg)
+    assert info.value.exit_code == 2
+    assert time.monotonic() - started < 2
+    assert await wait_gone(bg)
+
+
+async def test_background_child_holding_stdout_does_not_block(
+    tmp_path: Path, reap_pids: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    script = write_script(
+        tmp_path, "daemonize.sh", f"sleep 30 &\necho $! > {tmp_path}/bg.pid\necho done\nexit 0\n"
+    )
+    started = time.monotonic()
+    result = await run_hook(
+        script, event="ApplicationStart", cwd=tmp_path, env=BASE_ENV, timeout_s=10, stdout_linger_s=0.5
+    )
+    elapsed = time.monotonic() - started
+    bg = int((tmp_path / "bg.pid").read_text())
+    reap_pids.append(bg)
+    assert result.exit_code == 0 and result.output_tail == "done"
+    assert elapsed < 0.5 + 2
+    assert not is_gone(bg), "a successful hook's background processes are left running"
+    assert any("still holds the hook's output" in r.getMessage() for r in caplog.records)
+
+
+async def test_long_line_without_newline(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "big.sh", "head -c 200000 /dev/zero | tr '\\0' x\n")
+    lines: list[str] = []
+    result = await run_hook(
+        script, event="Install", cwd=tmp_path, env=BASE_ENV, timeout_s=10, on_line=lines.append
+    )
+    assert "".join(lines) == "x" * 200000
+    assert max(len(line) for line in lines) <= 65536
+    assert 0 < len(result.output_tail.encode()) <= 4096
+
+
+async def test_multibyte_line_split_does_not_garble(tmp_path: Path) -> None:
+    # 40000 three-byte characters on one line: pieces must be cut between characters.
+    script = write_script(
+        tmp_path, "utf.sh", "i=0; while [ $i -lt 40000 ]; do printf '\\342\\202\\254'; i=$((i+1)); done\n"
+    )
+    lines: list[str] = []
+    await run_hook(script, event="Install", cwd=tmp_path, env=BASE_ENV, timeout_s=20, on_line=lines.append)
+    assert "".join(lines) == "\u20ac" * 40000
+
+
+async def test_runas_unknown_user(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "x.sh", "echo x\n")
+    with pytest.raises(HookFailed, match="runas user 'no-such-user-s3d' for x.sh does not exist"):
+        await run_hook(
+            script, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=5, runas="no-such-user-s3d"
+        )
+
+
+async def test_runas_other_user_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulates an unprivileged agent when the suite runs as root; the check happens before any spawn.
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    script = write_script(tmp_path, "x.sh", "echo x\n")
+    with pytest.raises(HookFailed, match="runas: user nobody requested but the agent is not root"):
+        await run_hook(script, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=5, runas="nobody")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder another user can traverse (tmp_path's parents are private to the test's user)."""
+    with tempfile.TemporaryDirectory(prefix="s3deploy-hooks-") as tmp:
+        folder = Path(tmp)
+        folder.chmod(0o755)
+        yield folder
+
+
+async def test_runas_nobody(open_dir: Path) -> None:
+    script = write_script(open_dir, "who.sh", 'id -un\necho "$HOME|$USER|$LOGNAME|$PATH|$KEEP"\n')
+    call = run_hook(
+        script,
+        event="AfterInstall",
+        cwd=open_dir,
+        env={**BASE_ENV, "KEEP": "kept"},
+        timeout_s=5,
+        runas="nobody",
+    )
+    if os.geteuid() != 0:
+        with pytest.raises(HookFailed, match="not root"):
+            await call
+        return
+    result = await call
+    home = pwd.getpwnam("nobody").pw_dir
+    assert result.output_tail.splitlines() == ["nobody", f"{home}|nobody|nobody|{RUNAS_PATH}|kept"]
