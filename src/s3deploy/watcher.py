@@ -1,0 +1,524 @@
+"""One section's watcher: detect a new revision in S3, deploy it, record what happened.
+
+The watcher is the only orchestrator: it calls s3 (HEAD, GET), bundle (unpack), appspec, pipeline
+(hooks, install) and state, passing values. ``poll_once()`` is one check (what ``run --once``, the
+``deploy`` command and the tests call); ``run()`` loops it with the poll interval, backing off with
+jitter on S3 errors. A deployment failure never leaves the watcher; only cancellation does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import shutil
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import quote
+
+from s3deploy.appspec import load_appspec
+from s3deploy.bundle import unpack
+from s3deploy.config import Section
+from s3deploy.errors import S3DeployError, SourceError
+from s3deploy.locks import SectionLocks
+from s3deploy.log import SectionAdapter, section_logger
+from s3deploy.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
+from s3deploy.s3 import Endpoint, Revision, S3Pool
+from s3deploy.state import Deployment, StateStore
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TAIL_BYTES = 4096
+
+
+@dataclass
+class Agent:
+    """What every watcher of one process shares: state, the S3 client pool, the locks."""
+
+    state_dir: Path
+    state: StateStore
+    pool: S3Pool
+    locks: SectionLocks
+    #: The daemon waits for a section lock held by a one-shot command; one-shot commands do not (exit 3).
+    lock_wait: bool = True
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    deploy: bool
+    reason: str
+    baseline: bool = False
+
+
+def decide(
+    rev: Revision, last: Deployment | None, baseline_identity: str | None, section: Section
+) -> Decision:
+    """Whether ``rev`` must be deployed, given the newest non-rollback attempt and the recorded baseline."""
+    if last is None:
+        if baseline_identity == rev.identity:
+            return Decision(False, "unchanged since the legacy last_fetch_time baseline")
+        if (
+            baseline_identity is None
+            and section.last_fetch_time
+            and rev.last_modified <= section.last_fetch_time
+        ):
+            return Decision(
+                False, "not newer than last_fetch_time: recorded as already deployed", baseline=True
+            )
+        return Decision(True, "no deployment recorded for this section yet")
+    if last.identity != rev.identity:
+        return Decision(True, "the object changed")
+    if last.status == "interrupted":
+        return Decision(True, "the last deployment of this revision was interrupted")
+    if last.status == "failed":
+        return Decision(
+            False, f"revision failed in {last.id}; not retried until the object changes (or --force)"
+        )
+    if last.status == "running":
+        # Either another process deploys it now (we will wait for its lock) or it died mid-way
+        # (under the lock the row is marked interrupted). The check under the lock tells which.
+        return Decision(True, f"deployment {last.id} of this revision is marked running")
+    return Decision(False, "unchanged")
+
+
+@dataclass
+class OutputSink:
+    """Hook output: one log line each, the deployment's own log file, and a tail kept for the state."""
+
+    log: SectionAdapter
+    path: Path
+    tail: deque[str] = field(default_factory=deque)
+    _tail_bytes: int = 0
+    _file: IO[str] | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+
+    def line(self, event: str, text: str) -> None:
+        self.log.info("%s: %s", event, text)
+        entry = f"{event}: {text}"
+        if self._file is not None:
+            self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {entry}\n")
+        self.tail.append(entry)
+        self._tail_bytes += len(entry) + 1
+        while self._tail_bytes > OUTPUT_TAIL_BYTES and len(self.tail) > 1:
+            self._tail_bytes -= len(self.tail.popleft()) + 1
+
+    def text(self) -> str:
+        return "\n".join(self.tail)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Watcher:
+    """Watches one section's S3 object and deploys it when it changes."""
+
+    def __init__(self, section: Section, agent: Agent, *, lock_names: Sequence[str] = ()) -> None:
+        self.section = section
+        self.agent = agent
+        #: Sections locked together when this one deploys (those whose destinations overlap with it).
+        self.lock_names = sorted({section.name, *lock_names})
+        self.endpoint = Endpoint(section.profile_name, section.region, section.endpoint_url)
+        self.log = section_logger(logger, section.name)
+        self._dir_name = quote(section.name, safe="")
+        self.group_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3deploy:{section.name}"))
+
+    # ------------------------------------------------------------------ polling
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set. S3 errors back off with jitter, capped at the interval."""
+        interval = self.section.poll_interval_s
+        failures = 0
+        last_error = ""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self.poll_once()
+            except SourceError as e:
+                failures += 1
+                if str(e) != last_error:
+                    self.log.warning("S3 check failed (will retry): %s", e)
+                    last_error = str(e)
+                await asyncio.to_thread(
+                    self.agent.state.record_poll, self.section.name, identity=None, error=str(e)
+                )
+                delay = min(interval, 2.0 ** (failures - 1)) * random.uniform(0.5, 1.0)
+            except S3DeployError as e:
+                self.log.error("%s", e)
+                delay = interval
+            else:
+                if failures:
+                    self.log.info("S3 reachable again after %d failed checks", failures)
+                failures, last_error = 0, ""
+                delay = max(0.0, interval - (time.monotonic() - started))
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def poll_once(self, *, force: bool = False) -> Deployment | None:
+        """One check: HEAD the object and deploy it if it changed. Returns the deployment made, if any."""
+        sec = self.section
+        rev = await self.agent.pool.head(self.endpoint, sec.s3_bucket, sec.target_file_key)
+        state = self.agent.state
+        await asyncio.to_thread(state.record_poll, sec.name, identity=rev.identity, error=None)
+        record = await asyncio.to_thread(state.get_section, sec.name)
+        if record.suspended and not force:
+            self.log.debug("suspended: not deploying %s", rev.identity)
+            return None
+        if not force:
+            decision = await self._decide(rev)
+            if not decision.deploy:
+                return None
+        async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
+            # Holding the section's flock, nothing else deploys it: a "running" row is a dead process's.
+            for dep in await asyncio.to_thread(state.recover_interrupted, [sec.name]):
+                self.log.warning(
+                    "deployment %s was running when its process died: marked interrupted", dep.id
+                )
+            # Another process (a one-shot `deploy`) may have deployed it while we waited for the lock.
+            if not force and not (await self._decide(rev, quiet=True)).deploy:
+                return None
+            return await self._deploy(rev, forced=force)
+
+    async def _decide(self, rev: Revision, *, quiet: bool = False) -> Decision:
+        state = self.agent.state
+        last = await asyncio.to_thread(state.last_revision_attempt, self.section.name)
+        record = await asyncio.to_thread(state.get_section, self.section.name)
+        decision = decide(rev, last, record.baseline_identity, self.section)
+        if decision.baseline:
+            await asyncio.to_thread(state.set_baseline, self.section.name, rev.identity)
+            self.log.info("%s %s", rev.identity, decision.reason)
+        elif decision.deploy and not quiet:
+            self.log.info("new revision %s: %s", rev.identity, decision.reason)
+        else:
+            self.log.debug("%s: %s", rev.identity, decision.reason)
+        return decision
+
+    # ------------------------------------------------------------------ deploying
+    def _release_dir(self, deployment_id: str) -> Path:
+        return self.agent.state_dir / "releases" / self._dir_name / deployment_id
+
+    def _log_path(self, deployment_id: str) -> Path:
+        return self.agent.state_dir / "logs" / self._dir_name / f"{deployment_id}.log"
+
+    def _installed_marker(self, deployment_id: str) -> Path:
+        return self.agent.state_dir / "logs" / self._dir_name / f"{deployment_id}.installed"
+
+    @property
+    def cleanup_list(self) -> Path:
+        return self.agent.state_dir / "installed" / f"{self._dir_name}.list"
+
+    def _env(self, deployment_id: str, rev_like: Deployment | Revision) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DEPLOYMENT_ID=deployment_id,
+            APPLICATION_NAME=self.section.name,
+            DEPLOYMENT_GROUP_NAME=self.section.name,
+            DEPLOYMENT_GROUP_ID=self.group_id,
+            BUNDLE_BUCKET=rev_like.bucket,
+            BUNDLE_KEY=rev_like.key,
+            BUNDLE_VERSION=rev_like.version_id or "",
+            BUNDLE_ETAG=rev_like.etag or "",
+        )
+        return env
+
+    async def _deploy(self, rev: Revision, *, forced: bool) -> Deployment:
+        state = self.agent.state
+        dep_id = await asyncio.to_thread(state.new_deployment_id)
+        release_dir = self._release_dir(dep_id)
+        await asyncio.to_thread(
+            state.start,
+            section=self.section.name,
+            bucket=rev.bucket,
+            key=rev.key,
+            etag=rev.etag,
+            version_id=rev.version_id,
+            identity=rev.identity,
+            release_dir=str(release_dir),
+            log_path=str(self._log_path(dep_id)),
+            forced=forced,
+            deployment_id=dep_id,
+        )
+        log = section_logger(logger, self.section.name, deployment_id=dep_id)
+        log.info("deployment %s of s3://%s/%s (%s) started", dep_id, rev.bucket, rev.key, rev.identity)
+        sink = OutputSink(log, self._log_path(dep_id))
+        started = time.monotonic()
+        try:
+            sink.open()
+            try:
+                release = await self._fetch(rev, release_dir, dep_id, log)
+            except S3DeployError as e:
+                log.error("DownloadBundle failed: %s", e)
+                await asyncio.to_thread(shutil.rmtree, release_dir, True)
+                await asyncio.shield(asyncio.to_thread(state.clear_release_dir, dep_id))
+                return await self._finish(dep_id, "failed", sink, failed_event="DownloadBundle", error=str(e))
+            previous = await self._installed_release()
+            result = await self._lifecycle(release, previous, self._env(dep_id, rev), sink)
+            if result.ok:
+                log.info("deployment %s succeeded in %.1fs", dep_id, time.monotonic() - started)
+                done = await self._finish(dep_id, "succeeded", sink)
+            else:
+                done = await self._finish(
+                    dep_id, "failed", sink, failed_event=result.failed_event, error=result.error
+                )
+                if self.section.auto_rollback and result.failed_event in POST_INSTALL_EVENTS:
+                    await self._auto_rollback(done, release if result.install_completed else previous)
+        except asyncio.CancelledError:
+            log.warning("deployment %s interrupted", dep_id)
+            await asyncio.shield(
+                self._finish(
+                    dep_id,
+                    "interrupted",
+                    sink,
+                    error="cancelled: the agent was stopped during the deployment",
+                )
+            )
+            raise
+        finally:
+            sink.close()
+        await self._prune()
+        return done
+
+    async def _fetch(self, rev: Revision, release_dir: Path, dep_id: str, log: SectionAdapter) -> Release:
+        """Download (pinned, verified) and unpack into the release folder; the archive is removed after."""
+        await asyncio.to_thread(release_dir.mkdir, parents=True, exist_ok=True)
+        archive = release_dir / "bundle.download"
+        started = time.monotonic()
+        await self.agent.pool.download(rev, self.endpoint, archive)
+        log.info("DownloadBundle: %d bytes in %.2fs", rev.size, time.monotonic() - started)
+        started = time.monotonic()
+        root = await asyncio.to_thread(
+            unpack,
+            archive,
+            release_dir / "unpacked",
+            max_files=self.section.max_files,
+            max_unpacked_bytes=self.section.max_unpacked_bytes,
+        )
+        await asyncio.to_thread(archive.unlink)
+        # The bundle root is always release_dir/bundle, hoisted or not.
+        await asyncio.to_thread(os.rename, root, release_dir / "bundle")
+        await asyncio.to_thread(shutil.rmtree, release_dir / "unpacked", True)
+        log.info("DownloadBundle: unpacked in %.2fs", time.monotonic() - started)
+        spec = await asyncio.to_thread(load_appspec, release_dir / "bundle")
+        return Release(dep_id, release_dir / "bundle", spec)
+
+    async def _lifecycle(
+        self,
+        release: Release,
+        previous: Release | None,
+        env: dict[str, str],
+        sink: OutputSink,
+        *,
+        ignore_stop_failures: bool | None = None,
+    ) -> LifecycleResult:
+        lifecycle = Lifecycle(
+            section=self.section.name,
+            release=release,
+            previous=previous,
+            env=env,
+            default_destination=self.section.destination,
+            cleanup_list=self.cleanup_list,
+            ignore_application_stop_failures=(
+                self.section.ignore_application_stop_failures
+                if ignore_stop_failures is None
+                else ignore_stop_failures
+            ),
+            on_line=sink.line,
+            log=sink.log,
+        )
+        result = LifecycleResult()
+        timeout = self.section.deployment_timeout_s
+        try:
+            await asyncio.wait_for(lifecycle.run(result), timeout)
+        except TimeoutError:
+            result.failed_event = result.current_event or "BeforeInstall"
+            result.error = (
+                f"deployment_timeout of {timeout:g}s reached during {result.failed_event}; hooks killed"
+            )
+            sink.log.error("%s", result.error)
+        if result.install_completed:
+            marker = self._installed_marker(release.deployment_id)
+            await asyncio.to_thread(marker.touch)
+        return result
+
+    async def _finish(
+        self,
+        dep_id: str,
+        status: str,
+        sink: OutputSink,
+        *,
+        failed_event: str | None = None,
+        error: str | None = None,
+    ) -> Deployment:
+        """Record the end of a deployment; shielded so a shutdown cannot lose it."""
+        return await asyncio.shield(
+            asyncio.to_thread(
+                self.agent.state.finish,
+                dep_id,
+                status,
+                failed_event=failed_event,
+                error=error,
+                output_tail=sink.text(),
+            )
+        )
+
+    # ------------------------------------------------------------------ releases and rollback
+    def _bundle_root(self, dep: Deployment) -> Path:
+        return self._release_dir(dep.restores or dep.id) / "bundle"
+
+    def _install_completed(self, dep: Deployment) -> bool:
+        if dep.status == "succeeded":
+            return True
+        if dep.status == "failed" and dep.failed_event in POST_INSTALL_EVENTS[1:]:
+            return True
+        return self._installed_marker(dep.id).exists()
+
+    async def _installed_release(self) -> Release | None:
+        """The release whose Install last completed (its ApplicationStop knows how to stop what runs)."""
+        history = await asyncio.to_thread(self.agent.state.history, self.section.name, 50)
+        for dep in history:
+            if dep.status == "running" or not self._install_completed(dep):
+                continue
+            return await self._load_release(dep)
+        return None
+
+    async def _load_release(self, dep: Deployment) -> Release | None:
+        root = self._bundle_root(dep)
+        if not root.is_dir():
+            self.log.warning("release of %s is no longer on disk (%s)", dep.id, root)
+            return None
+        try:
+            spec = await asyncio.to_thread(load_appspec, root)
+        except S3DeployError as e:
+            self.log.warning("release of %s cannot be used: %s", dep.id, e)
+            return None
+        return Release(dep.restores or dep.id, root, spec)
+
+    async def _auto_rollback(self, failed: Deployment, stop_from: Release | None) -> Deployment | None:
+        good = await asyncio.to_thread(self.agent.state.current, self.section.name)
+        if good is None:
+            self.log.warning("no successful release to roll back to")
+            return None
+        self.log.warning(
+            "rolling back %s: redeploying the release of %s", failed.id, good.restores or good.id
+        )
+        return await self.rollback_to(good, rollback_of=failed.id, stop_from=stop_from)
+
+    async def manual_rollback(self, to: str | None = None) -> Deployment:
+        """``s3deploy rollback``: reinstall the previous successful release (or ``to``) from disk."""
+        state = self.agent.state
+        name = self.section.name
+        async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
+            for dep in await asyncio.to_thread(state.recover_interrupted, [name]):
+                self.log.warning(
+                    "deployment %s was running when its process died: marked interrupted", dep.id
+                )
+            current = await asyncio.to_thread(state.current, name)
+            history = await asyncio.to_thread(state.history, name, None)
+            good = _rollback_target(name, current, history, to)
+            if not self._bundle_root(good).is_dir():
+                raise S3DeployError(
+                    f"[{name}] the release of {good.restores or good.id} is no longer on disk "
+                    f"(pruned by keep_revisions); deploy it from S3 instead"
+                )
+            stop_from = await self._installed_release()
+            done = await self.rollback_to(
+                good, rollback_of=current.id if current else None, stop_from=stop_from
+            )
+        if done is None:
+            raise S3DeployError(f"[{name}] the release of {good.id} cannot be loaded from disk")
+        return done
+
+    async def rollback_to(
+        self, good: Deployment, *, rollback_of: str | None, stop_from: Release | None
+    ) -> Deployment | None:
+        """Redeploy ``good``'s release from disk as a new deployment (the caller holds the section lock)."""
+        target = await self._load_release(good)
+        if target is None:
+            return None
+        state = self.agent.state
+        dep_id = await asyncio.to_thread(state.new_deployment_id)
+        restores = good.restores or good.id
+        await asyncio.to_thread(
+            state.start,
+            section=self.section.name,
+            bucket=good.bucket,
+            key=good.key,
+            etag=good.etag,
+            version_id=good.version_id,
+            identity=good.identity,
+            release_dir=None,
+            log_path=str(self._log_path(dep_id)),
+            rollback_of=rollback_of,
+            restores=restores,
+            deployment_id=dep_id,
+        )
+        log = section_logger(logger, self.section.name, deployment_id=dep_id)
+        sink = OutputSink(log, self._log_path(dep_id))
+        try:
+            sink.open()
+            release = Release(dep_id, target.bundle_root, target.spec)
+            # What is stopped is the broken release: its failing ApplicationStop must not block recovery.
+            result = await self._lifecycle(
+                release, stop_from, self._env(dep_id, good), sink, ignore_stop_failures=True
+            )
+            status = "succeeded" if result.ok else "failed"
+            log.log(logging.INFO if result.ok else logging.ERROR, "rollback %s %s", dep_id, status)
+            return await self._finish(
+                dep_id, status, sink, failed_event=result.failed_event, error=result.error
+            )
+        except asyncio.CancelledError:
+            await asyncio.shield(self._finish(dep_id, "interrupted", sink, error="cancelled during rollback"))
+            raise
+        finally:
+            sink.close()
+
+    async def _prune(self) -> None:
+        """Delete release folders beyond keep_revisions (the current release is always kept)."""
+        state = self.agent.state
+        doomed = await asyncio.to_thread(
+            state.releases_to_prune, self.section.name, self.section.keep_revisions
+        )
+        for dep in doomed:
+            if dep.release_dir:
+                await asyncio.to_thread(shutil.rmtree, dep.release_dir, True)
+            await asyncio.to_thread(state.clear_release_dir, dep.id)
+            self.log.debug("pruned release %s", dep.id)
+
+
+def _rollback_target(
+    section: str, current: Deployment | None, history: list[Deployment], to: str | None
+) -> Deployment:
+    """The deployment whose release a manual rollback reinstalls."""
+    if to is not None:
+        for dep in history:
+            if dep.id == to:
+                if dep.status != "succeeded":
+                    raise S3DeployError(
+                        f"[{section}] {to} did not succeed ({dep.status}); pick a succeeded one "
+                        f"from `s3deploy history {section}`"
+                    )
+                return dep
+        raise S3DeployError(
+            f"[{section}] no deployment {to} in this section; see `s3deploy history {section}`"
+        )
+    if current is None:
+        raise S3DeployError(
+            f"[{section}] nothing was deployed successfully yet: there is nothing to roll back to"
+        )
+    installed = current.restores or current.id
+    for dep in history:
+        if dep.status == "succeeded" and (dep.restores or dep.id) != installed:
+            return dep
+    raise S3DeployError(f"[{section}] no earlier successful release than {installed} to roll back to")
