@@ -1,0 +1,211 @@
+"""Locks that keep deployments apart: one daemon per state directory, one deployment per section.
+
+Both use flock(2): the lock belongs to an open file and dies with the process holding it, so a crash never
+leaves a stale "in progress" behind (the seed's ``installation_in_progress`` flag did). Lock files are
+never deleted: unlinking a lock file while another process waits on it would let two processes "hold" it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+from s3deploy.errors import LockBusy, S3DeployError
+
+log = logging.getLogger(__name__)
+
+POLL_MIN_S = 0.05
+POLL_MAX_S = 0.5
+# wait=False still retries this long: a `status` probe holds a section's flock for microseconds.
+BUSY_GRACE_S = 0.2
+_MAX_NAME_BYTES = 200
+
+
+def _open_lock_file(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_CLOEXEC: hook processes must not inherit (and so prolong) the agent's locks.
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise S3DeployError(f"cannot open the lock file {path}: {e.strerror}") from e
+
+
+def _try_flock(fd: int, path: Path, operation: int = fcntl.LOCK_EX) -> bool:
+    """One non-blocking attempt; False when another open file holds a conflicting lock."""
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        raise S3DeployError(f"cannot lock {path}: {e.strerror}") from e
+    return True
+
+
+def _write_pid(fd: int) -> None:
+    """Write our pid into a lock file we hold: only informational, for the messages of those who wait."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:
+        log.debug("could not write the pid into a lock file: %s", e)
+
+
+def _clear_and_close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)  # closing the last descriptor of the open file releases the flock
+
+
+def read_holder_pid(path: Path) -> int | None:
+    """The pid written in a lock file, or None when it is empty, unreadable or not a number."""
+    try:
+        return int(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _holder(path: Path) -> str:
+    pid = read_holder_pid(path)
+    return f"pid {pid}" if pid is not None else "pid unknown"
+
+
+class InstanceLock:
+    """STATE_DIR/daemon.lock: at most one daemon per state directory (a second one gets LockBusy)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / "daemon.lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock now or raise LockBusy naming the holder's pid; a no-op when already held."""
+        if self._fd is not None:
+            return
+        fd = _open_lock_file(self.path)
+        try:
+            acquired = _try_flock(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not acquired:
+            os.close(fd)
+            raise LockBusy(
+                f"another s3deploy daemon ({_holder(self.path)}) is running on the state directory "
+                f"{self.path.parent} (it holds {self.path}); stop it first or use another --state-dir"
+            )
+        _write_pid(fd)
+        self._fd = fd
+        log.debug("instance lock %s acquired", self.path)
+
+    def release(self) -> None:
+        """Give the lock up; a no-op when not held."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            _clear_and_close(fd)
+            log.debug("instance lock %s released", self.path)
+
+    def __enter__(self) -> InstanceLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+class SectionLocks:
+    """Per section: an asyncio.Lock (inside this process) + an flock on STATE_DIR/locks/<section>.lock
+    (across processes: daemon vs one-shot commands)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.lock_dir = Path(state_dir) / "locks"
+        self._async_locks: dict[str, asyncio.Lock] = {}
+        self._fds: dict[str, int] = {}
+
+    def lock_path(self, section: str) -> Path:
+        """The lock file of ``section``; any section name maps to one safe file name."""
+        name = quote(section, safe="")
+        if len(name.encode()) > _MAX_NAME_BYTES:  # file names are limited to 255 bytes
+            name = name[:100] + "-" + hashlib.sha256(section.encode()).hexdigest()[:16]
+        return self.lock_dir / f"{name}.lock"
+
+    @asynccontextmanager
+    async def hold(self, sections: Sequence[str], *, wait: bool) -> AsyncIterator[None]:
+        """Hold the locks of all ``sections`` for the body of ``async with``.
+
+        Taken in sorted order so that overlapping sets never deadlock. The asyncio part always waits; the
+        flock part raises LockBusy at once (after a short grace) when ``wait`` is False, else polls until
+        the other process lets go. Everything taken is released on exit, cancellation included.
+        """
+        names = [sections] if isinstance(sections, str) else sections
+        async with contextlib.AsyncExitStack() as stack:
+            for section in sorted(set(names)):
+                lock = self._async_locks.setdefault(section, asyncio.Lock())
+                await lock.acquire()
+                stack.callback(lock.release)
+                self._fds[section] = await self._flock(section, wait=wait)
+                stack.callback(self._unflock, section)
+            yield
+
+    async def _flock(self, section: str, *, wait: bool) -> int:
+        path = self.lock_path(section)
+        fd = _open_lock_file(path)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            delay = POLL_MIN_S
+            while not _try_flock(fd, path):
+                if not wait and loop.time() - started >= BUSY_GRACE_S:
+                    raise LockBusy(
+                        f"section [{section}] is being deployed by another s3deploy process "
+                        f"({_holder(path)}; lock file {path}); try again when it has finished"
+                    )
+                if wait and delay == POLL_MIN_S:
+                    log.info("[%s] waiting for another s3deploy process (%s) to finish with this section",
+                             section, _holder(path))  # fmt: skip
+                await asyncio.sleep(delay)
+                if wait:
+                    delay = min(delay * 2, POLL_MAX_S)
+        except BaseException:
+            os.close(fd)
+            raise
+        _write_pid(fd)
+        waited = loop.time() - started
+        log.debug("[%s] section lock %s acquired after %.2fs", section, path, waited)
+        return fd
+
+    def _unflock(self, section: str) -> None:
+        fd = self._fds.pop(section, None)
+        if fd is not None:
+            _clear_and_close(fd)
+
+    def is_held_elsewhere(self, section: str) -> bool:
+        """True when another process (or another SectionLocks) holds the flock of ``section``."""
+        if section in self._fds:
+            return False
+        path = self.lock_path(section)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise S3DeployError(f"cannot open the lock file {path}: {e.strerror}") from e
+        try:
+            # A shared probe: two concurrent probes (two `status` commands) never see each other.
+            return not _try_flock(fd, path, fcntl.LOCK_SH)
+        finally:
+            os.close(fd)

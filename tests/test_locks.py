@@ -1,0 +1,270 @@
+"""InstanceLock and SectionLocks against real processes holding real flocks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import s3deploy
+from s3deploy.errors import LockBusy
+from s3deploy.locks import InstanceLock, SectionLocks, read_holder_pid
+
+SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
+
+# Holds the instance lock or some section locks, says "held", releases them on a line from stdin, says
+# "released" and then stays alive until stdin closes: a release is not confused with the process's exit.
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from s3deploy.locks import InstanceLock, SectionLocks
+    state_dir, kind, *sections = sys.argv[1:]
+    if kind == "instance":
+        lock = InstanceLock(Path(state_dir))
+        lock.acquire()
+        print("held", flush=True)
+        sys.stdin.readline()
+        lock.release()
+    else:
+        async def main():
+            async with SectionLocks(Path(state_dir)).hold(sections, wait=False):
+                print("held", flush=True)
+                sys.stdin.readline()
+        asyncio.run(main())
+    print("released", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+Holder = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[Holder]:
+    """Start a process holding locks in tmp_path; every process is killed at the end of the test."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(kind: str, *sections: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path), kind, *sections],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(SRC_DIR)),
+        )  # fmt: skip
+        procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "held\n", proc.communicate(timeout=10)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    """Ask a holder to release its locks and wait until it has (it stays alive)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "released\n"
+    assert proc.poll() is None
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+# ---- InstanceLock --------------------------------------------------------------------------------------
+
+
+def test_second_daemon_in_another_process_is_busy(tmp_path: Path, holder: Holder) -> None:
+    other = holder("instance")
+    lock = InstanceLock(tmp_path)
+    with pytest.raises(LockBusy, match=rf"pid {other.pid}\b.*{tmp_path}"):
+        lock.acquire()
+    assert not lock.held
+    release(other)
+    lock.acquire()
+    assert lock.held
+    assert read_holder_pid(tmp_path / "daemon.lock") == os.getpid()
+    lock.release()
+
+
+def test_instance_lock_dies_with_its_process(tmp_path: Path, holder: Holder) -> None:
+    other = holder("instance")
+    assert read_holder_pid(tmp_path / "daemon.lock") == other.pid
+    kill(other)
+    with InstanceLock(tmp_path) as lock:
+        assert lock.held
+
+
+def test_instance_lock_in_this_process_context_manager_and_pid(tmp_path: Path) -> None:
+    with InstanceLock(tmp_path / "new-state-dir") as lock:
+        assert (tmp_path / "new-state-dir" / "daemon.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(LockBusy, match="another s3deploy daemon"):
+            InstanceLock(tmp_path / "new-state-dir").acquire()  # a second open file conflicts too
+        lock.acquire()  # already held by this object: no-op
+    assert not lock.held
+    assert read_holder_pid(tmp_path / "new-state-dir" / "daemon.lock") is None
+    with InstanceLock(tmp_path / "new-state-dir"):
+        pass
+
+
+def test_hook_processes_do_not_inherit_the_lock(tmp_path: Path) -> None:
+    lock = InstanceLock(tmp_path)
+    lock.acquire()
+    # Even with close_fds=False a hook must not keep the agent's lock alive after the agent lets go.
+    sleeper = subprocess.Popen(["sleep", "30"], close_fds=False)
+    try:
+        lock.release()
+        with InstanceLock(tmp_path):
+            pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# ---- SectionLocks: across processes ---------------------------------------------------------------------
+
+
+async def test_busy_section_without_wait_names_section_and_pid(tmp_path: Path, holder: Holder) -> None:
+    section = "Prod east/1 ü"
+    other = holder("section", section)
+    locks = SectionLocks(tmp_path)
+    assert locks.is_held_elsewhere(section)
+    with pytest.raises(LockBusy, match=rf"section \[{section}\].*pid {other.pid}\b"):
+        async with locks.hold([section], wait=False):
+            pytest.fail("the body must not run while another process holds the section")
+    release(other)
+    assert not locks.is_held_elsewhere(section)
+    # The asyncio part was given back when LockBusy was raised, else this would hang.
+    async with asyncio.timeout(5), locks.hold([section], wait=False):
+        assert not locks.is_held_elsewhere(section)  # held by us, not elsewhere
+        assert SectionLocks(tmp_path).is_held_elsewhere(section)
+
+
+async def test_section_lock_dies_with_its_process(tmp_path: Path, holder: Holder) -> None:
+    other = holder("section", "Production", "Staging")
+    locks = SectionLocks(tmp_path)
+    assert locks.is_held_elsewhere("Production") and locks.is_held_elsewhere("Staging")
+    kill(other)
+    assert not locks.is_held_elsewhere("Production") and not locks.is_held_elsewhere("Staging")
+    async with asyncio.timeout(5), locks.hold(["Production", "Staging"], wait=False):
+        pass
+
+
+async def test_wait_acquires_after_the_other_process_releases(tmp_path: Path, holder: Holder) -> None:
+    other = holder("section", "Production")
+    locks = SectionLocks(tmp_path)
+    acquired = asyncio.Event()
+
+    async def deploy() -> None:
+        async with locks.hold(["Production"], wait=True):
+            acquired.set()
+
+    task = asyncio.create_task(deploy())
+    await asyncio.sleep(0.3)
+    assert not acquired.is_set()
+    await asyncio.to_thread(release, other)
+    async with asyncio.timeout(5):
+        await task
+    assert acquired.is_set()
+
+
+async def test_sorted_order_and_cancel_while_waiting_releases_all(tmp_path: Path, holder: Holder) -> None:
+    holder("section", "alpha")
+    locks = SectionLocks(tmp_path)
+    observer = SectionLocks(tmp_path)
+    task = asyncio.create_task(locks.hold(["zeta", "alpha"], wait=True).__aenter__())
+    await asyncio.sleep(0.3)
+    # "alpha" sorts first and is busy, so "zeta" must not have been taken while waiting for it.
+    assert not task.done()
+    assert not observer.is_held_elsewhere("zeta")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(5), locks.hold(["zeta"], wait=False):
+        assert observer.is_held_elsewhere("zeta")
+
+
+async def test_waiting_on_second_section_holds_the_first(tmp_path: Path, holder: Holder) -> None:
+    other = holder("section", "zeta")
+    locks = SectionLocks(tmp_path)
+    observer = SectionLocks(tmp_path)
+    task = asyncio.create_task(locks.hold(["zeta", "alpha"], wait=True).__aenter__())
+    await asyncio.sleep(0.3)
+    assert observer.is_held_elsewhere("alpha")  # taken first (sorted), kept while waiting for zeta
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not observer.is_held_elsewhere("alpha")  # released on cancellation
+    release(other)
+    assert not observer.is_held_elsewhere("zeta")
+
+
+# ---- SectionLocks: inside one process --------------------------------------------------------------------
+
+
+async def test_asyncio_lock_serializes_tasks(tmp_path: Path) -> None:
+    locks = SectionLocks(tmp_path)
+    events: list[str] = []
+
+    async def deploy(name: str) -> None:
+        async with locks.hold(["Production"], wait=False):  # in-process the asyncio lock always waits
+            events.append(f"{name} in")
+            await asyncio.sleep(0.05)
+            events.append(f"{name} out")
+
+    async with asyncio.timeout(5):
+        await asyncio.gather(deploy("one"), deploy("two"))
+    assert events == ["one in", "one out", "two in", "two out"]
+
+
+async def test_opposite_orders_do_not_deadlock(tmp_path: Path) -> None:
+    locks = SectionLocks(tmp_path)
+    inside: list[str] = []
+
+    async def deploy(order: list[str]) -> None:
+        for _ in range(20):
+            async with locks.hold(order, wait=True):
+                assert not inside
+                inside.append("x")
+                await asyncio.sleep(0.001)
+                inside.pop()
+            await asyncio.sleep(0)
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(deploy(["a", "b"]), deploy(["b", "a"]), deploy(["b", "a", "b"]))
+
+
+async def test_exception_in_body_releases_everything(tmp_path: Path) -> None:
+    locks = SectionLocks(tmp_path)
+    observer = SectionLocks(tmp_path)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        async with locks.hold(["a", "b"], wait=False):
+            assert observer.is_held_elsewhere("a") and observer.is_held_elsewhere("b")
+            raise RuntimeError("hook failed")
+    assert not observer.is_held_elsewhere("a") and not observer.is_held_elsewhere("b")
+    async with asyncio.timeout(5), locks.hold("a", wait=False):  # a bare string is one section
+        assert observer.is_held_elsewhere("a")
+
+
+def test_lock_file_names_are_safe(tmp_path: Path) -> None:
+    locks = SectionLocks(tmp_path)
+    names = ["../../etc/passwd", "a/b", " ", ".", "..", "Prod:east*?", "x" * 300, "é" * 300]
+    paths = [locks.lock_path(name) for name in names]
+    assert all(p.parent == tmp_path / "locks" for p in paths)
+    assert all(len(p.name.encode()) < 255 for p in paths)
+    assert len(set(paths)) == len(names)
+    assert locks.lock_path("x" * 300) != locks.lock_path("x" * 301)
+    assert not locks.is_held_elsewhere("never locked")

@@ -1,0 +1,422 @@
+"""StateStore: the SQLite state shared by the daemon and one-shot commands."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import s3deploy
+from s3deploy.errors import S3DeployError
+from s3deploy.state import (
+    INTERRUPTED_ERROR,
+    OUTPUT_TAIL_MAX_BYTES,
+    POLL_TOUCH_INTERVAL_S,
+    SCHEMA_VERSION,
+    Deployment,
+    StateStore,
+)
+
+SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
+SPEC_KEYS = ["id", "etag", "version_id", "status", "started_at", "finished_at", "failed_event", "error",
+             "rollback_of", "restores"]  # fmt: skip
+
+
+class Clock:
+    """A settable clock so time-dependent behaviour is tested without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 27, 6, 40, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[StateStore]:
+    with StateStore(tmp_path / "state" / "state.db", clock=clock) as s:
+        yield s
+
+
+def start(store: StateStore, section: str = "Production", identity: str = "v1", **kw: Any) -> Deployment:
+    values: dict[str, Any] = dict(
+        section=section, bucket="bucket", key="app.zip", etag=f'"etag-{identity}"', version_id=None,
+        identity=identity, release_dir=None, log_path=None,
+    )  # fmt: skip
+    values.update(kw)
+    return store.start(**values)
+
+
+def deploy(store: StateStore, status: str, section: str = "Production", identity: str = "v1",
+           **kw: Any) -> Deployment:  # fmt: skip
+    return store.finish(start(store, section, identity, **kw).id, status)
+
+
+def child(code: str, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(SRC_DIR))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+# ---- schema ------------------------------------------------------------------------------------------
+
+
+def test_schema_created_on_empty_file_and_reopened(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    db.touch()  # an empty file is an empty SQLite database
+    with StateStore(db) as s:
+        dep = deploy(s, "succeeded")
+    raw = sqlite3.connect(db)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+    with StateStore(db) as again:
+        assert again.get(dep.id) == dep
+        assert again.section_state("Production") == "idle"
+
+
+def test_parent_directory_is_created(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "a" / "b" / "state.db") as s:
+        assert s.history("x") == []
+    assert (tmp_path / "a" / "b" / "state.db").is_file()
+
+
+def test_not_a_database_names_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    db.write_bytes(b"this is not sqlite at all, definitely not" * 100)
+    with pytest.raises(S3DeployError, match=re.escape(str(db))):
+        StateStore(db)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    StateStore(db).close()
+    raw = sqlite3.connect(db)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(S3DeployError, match="newer than this s3deploy"):
+        StateStore(db)
+
+
+# ---- deployments ----------------------------------------------------------------------------------------
+
+
+def test_start_and_finish_round_trip(store: StateStore, clock: Clock, tmp_path: Path) -> None:
+    dep = start(store, identity="v7", version_id="ver-7", release_dir=tmp_path / "rel", log_path="x.log",
+                forced=True)  # fmt: skip
+    assert re.fullmatch(r"d-[A-Z0-9]{9}", dep.id)
+    assert dep.status == "running" and dep.finished_at is None and dep.forced
+    assert dep.started_at == clock.now and dep.started_at.tzinfo is not None
+    assert dep.release_dir == str(tmp_path / "rel")
+    clock.now += timedelta(seconds=12.5)
+    done = store.finish(dep.id, "failed", failed_event="AfterInstall", error="exit 1", output_tail="boom\n")
+    assert (done.status, done.failed_event, done.error, done.output_tail) == (
+        "failed",
+        "AfterInstall",
+        "exit 1",
+        "boom\n",
+    )
+    assert done.finished_at == clock.now
+    assert store.get(dep.id) == done
+    assert store.get("d-NOPE00000") is None
+
+
+def test_to_json_has_exactly_the_spec_keys_first(store: StateStore) -> None:
+    good = deploy(store, "succeeded", identity="v1")
+    rb = store.finish(start(store, identity="v1", rollback_of=good.id, restores=good.id).id, "succeeded")
+    data = rb.to_json()
+    assert list(data)[: len(SPEC_KEYS)] == SPEC_KEYS
+    assert set(data) - set(SPEC_KEYS) <= {"section", "identity", "release_dir", "log_path"}
+    assert data["started_at"] == "2026-11-27T06:40:00.000+00:00"
+    assert datetime.fromisoformat(data["finished_at"]).utcoffset() == timedelta(0)
+    assert (data["rollback_of"], data["restores"], data["status"]) == (good.id, good.id, "succeeded")
+    assert start(store).to_json()["finished_at"] is None
+
+
+def test_deployment_ids_are_unique_and_given_ids_are_used(store: StateStore) -> None:
+    ids = {store.new_deployment_id() for _ in range(200)}
+    assert len(ids) == 200 and all(re.fullmatch(r"d-[A-Z0-9]{9}", i) for i in ids)
+    dep = start(store, deployment_id="d-ABCDEFGH1")
+    assert dep.id == "d-ABCDEFGH1"
+    with pytest.raises(S3DeployError, match="d-ABCDEFGH1 is already used"):
+        start(store, deployment_id="d-ABCDEFGH1")
+
+
+def test_finish_rejects_bad_status_unknown_and_finished(store: StateStore) -> None:
+    dep = start(store)
+    with pytest.raises(ValueError, match="running"):
+        store.finish(dep.id, "running")
+    with pytest.raises(S3DeployError, match="d-UNKNOWN00 is not in the state database"):
+        store.finish("d-UNKNOWN00", "failed")
+    store.finish(dep.id, "succeeded")
+    with pytest.raises(S3DeployError, match="already finished as succeeded"):
+        store.finish(dep.id, "failed")
+    assert store.get(dep.id) is not None and store.get(dep.id).status == "succeeded"  # type: ignore[union-attr]
+
+
+def test_rollback_must_reference_a_known_deployment(store: StateStore) -> None:
+    with pytest.raises(S3DeployError, match="rollback_of d-GHOST0000 is not a deployment"):
+        start(store, rollback_of="d-GHOST0000")
+    assert store.history("Production") == []
+
+
+def test_output_tail_keeps_only_the_last_bytes(store: StateStore) -> None:
+    text = "".join(f"line {i} é\n" for i in range(5000))
+    tail = store.finish(start(store).id, "failed", output_tail=text).output_tail
+    assert len(tail.encode()) <= OUTPUT_TAIL_MAX_BYTES
+    assert len(tail.encode()) > OUTPUT_TAIL_MAX_BYTES - 4
+    assert text.endswith(tail) and tail.endswith("line 4999 é\n")
+
+
+def test_history_newest_first_with_limit_and_per_section(store: StateStore) -> None:
+    made = [deploy(store, "succeeded", identity=f"v{i}") for i in range(5)]
+    deploy(store, "failed", section="Staging")
+    history = store.history("Production")
+    assert [d.id for d in history] == [d.id for d in reversed(made)]
+    assert [d.id for d in store.history("Production", limit=2)] == [made[4].id, made[3].id]
+    assert store.history("Production", limit=0) == []
+    assert [d.section for d in store.history("Staging")] == ["Staging"]
+    assert store.history("Nope") == []
+
+
+def test_current_last_attempt_and_last_revision_attempt(store: StateStore) -> None:
+    assert store.current("Production") is None and store.last_attempt("Production") is None
+    good = deploy(store, "succeeded", identity="v1")
+    bad = deploy(store, "failed", identity="v2")
+    rb = store.finish(start(store, identity="v1", rollback_of=bad.id, restores=good.id).id, "succeeded")
+    assert store.current("Production") == rb  # the rollback's files are installed
+    assert store.last_attempt("Production") == rb
+    assert store.last_revision_attempt("Production") == bad  # the daemon compares S3 with v2, not v1
+    assert rb.is_rollback and not bad.is_rollback
+
+
+# ---- section state ----------------------------------------------------------------------------------
+
+
+def test_section_state_for_every_case(store: StateStore) -> None:
+    assert store.section_state("P") == "never"
+    running = start(store, "P", "v1")
+    assert store.section_state("P") == "deploying"
+    store.finish(running.id, "succeeded")
+    assert store.section_state("P") == "idle"
+    bad = deploy(store, "failed", "P", "v2")
+    assert store.section_state("P") == "failed"
+    # A rollback restores the old release, but the newest revision seen in S3 still failed.
+    rb = start(store, "P", "v1", rollback_of=bad.id, restores=running.id)
+    assert store.section_state("P") == "deploying"
+    store.finish(rb.id, "succeeded")
+    assert store.section_state("P") == "failed"
+    deploy(store, "succeeded", "P", "v3")
+    assert store.section_state("P") == "idle"
+    # A manual rollback that fails leaves the host broken: failed too.
+    deploy(store, "failed", "P", "v3", rollback_of=running.id, restores=running.id)
+    assert store.section_state("P") == "failed"
+    # Interrupted: it will be deployed again, nothing is wrong with the revision.
+    interrupted = start(store, "Q", "v1")
+    store.recover_interrupted(["Q"])
+    assert store.get(interrupted.id).status == "interrupted"  # type: ignore[union-attr]
+    assert store.section_state("Q") == "idle"
+
+
+def test_recover_interrupted_only_touches_running_of_given_sections(store: StateStore, clock: Clock) -> None:
+    done = deploy(store, "succeeded", "A")
+    a_running = start(store, "A", "v2")
+    b_running = start(store, "B")
+    c_running = start(store, "C")
+    clock.now += timedelta(minutes=3)
+    assert store.recover_interrupted([]) == []
+    recovered = store.recover_interrupted(["A", "B", "Z"])
+    assert sorted(d.id for d in recovered) == sorted([a_running.id, b_running.id])
+    for d in recovered:
+        assert (d.status, d.error, d.finished_at) == ("interrupted", INTERRUPTED_ERROR, clock.now)
+    assert store.get(done.id) == done
+    assert store.get(c_running.id).status == "running"  # type: ignore[union-attr]
+    assert [d.id for d in store.recover_interrupted()] == [c_running.id]
+    assert store.recover_interrupted() == []
+
+
+# ---- sections ------------------------------------------------------------------------------------------
+
+
+def test_baseline_and_suspend(store: StateStore, clock: Clock) -> None:
+    fresh = store.get_section("Settings")
+    assert (fresh.name, fresh.suspended, fresh.baseline_identity, fresh.last_poll_at) == (
+        "Settings",
+        False,
+        None,
+        None,
+    )
+    store.set_baseline("Settings", "etag-1@2023")
+    store.set_suspended("Settings", True)
+    record = store.get_section("Settings")
+    assert (record.baseline_identity, record.baseline_at, record.suspended) == (
+        "etag-1@2023",
+        clock.now,
+        True,
+    )
+    store.set_suspended("Settings", False)
+    assert store.get_section("Settings").suspended is False
+    assert store.get_section("Settings").baseline_identity == "etag-1@2023"  # upsert kept the other column
+    assert store.get_section("Other").suspended is False
+
+
+def test_record_poll_writes_only_when_something_changed(store: StateStore, clock: Clock) -> None:
+    assert store.record_poll("S", identity="v1", error=None) is True
+    assert store.record_poll("S", identity="v1", error=None) is False
+    clock.now += timedelta(seconds=10)
+    assert store.record_poll("S", identity="v1", error=None) is False
+    assert store.get_section("S").last_poll_at == clock.now - timedelta(seconds=10)
+    assert store.record_poll("S", identity=None, error="AccessDenied") is True
+    record = store.get_section("S")
+    assert (record.last_seen_identity, record.last_error, record.last_poll_at) == (
+        "v1",
+        "AccessDenied",
+        clock.now,
+    )
+    assert store.record_poll("S", identity=None, error="AccessDenied") is False
+    assert store.record_poll("S", identity="v2", error=None) is True
+    assert store.get_section("S").last_seen_identity == "v2" and store.get_section("S").last_error is None
+    clock.now += timedelta(seconds=POLL_TOUCH_INTERVAL_S + 1)
+    assert store.record_poll("S", identity="v2", error=None) is True  # refreshes a stale last_poll_at
+    assert store.get_section("S").last_poll_at == clock.now
+
+
+# ---- releases ------------------------------------------------------------------------------------------
+
+
+def _release(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "releases" / name
+    path.mkdir(parents=True)
+    return path
+
+
+def test_prune_keeps_newest_and_always_current(store: StateStore, tmp_path: Path) -> None:
+    old = deploy(store, "succeeded", identity="v0", release_dir=_release(tmp_path, "0"))
+    good = deploy(store, "succeeded", identity="v1", release_dir=_release(tmp_path, "1"))
+    failed = [deploy(store, "failed", identity=f"v{i}", release_dir=_release(tmp_path, str(i)))
+              for i in range(2, 5)]  # fmt: skip
+    doomed = store.releases_to_prune("Production", keep=2)
+    # current (v1) is kept although three newer failures exist; then the newest failure fills keep=2.
+    assert [d.id for d in doomed] == [failed[1].id, failed[0].id, old.id]
+    assert good.id not in {d.id for d in doomed} and failed[2].id not in {d.id for d in doomed}
+    assert [d.id for d in store.releases_to_prune("Production", keep=1)][-1] == old.id
+    assert good.id not in {d.id for d in store.releases_to_prune("Production", keep=1)}
+    assert store.releases_to_prune("Production", keep=10) == []
+
+
+def test_prune_keeps_running_and_restored_and_skips_missing(store: StateStore, tmp_path: Path) -> None:
+    base = deploy(store, "succeeded", identity="v1", release_dir=_release(tmp_path, "1"))
+    gone = deploy(store, "failed", identity="v2", release_dir=tmp_path / "releases" / "never-made")
+    bad = deploy(store, "failed", identity="v3", release_dir=_release(tmp_path, "3"))
+    # A running rollback reinstalls base's folder: both must stay, and so must the running deployment's.
+    rb = start(
+        store, identity="v1", rollback_of=bad.id, restores=base.id, release_dir=_release(tmp_path, "rb")
+    )
+    newer = deploy(
+        store, "succeeded", section="Production", identity="v4", release_dir=_release(tmp_path, "4")
+    )
+    doomed = {d.id for d in store.releases_to_prune("Production", keep=1)}
+    assert doomed == {gone.id, bad.id}
+    assert {newer.id, rb.id, base.id}.isdisjoint(doomed)
+    store.clear_release_dir(gone.id)
+    assert store.get(gone.id).release_dir is None  # type: ignore[union-attr]
+    assert gone.id not in {d.id for d in store.releases_to_prune("Production", keep=1)}
+    with pytest.raises(S3DeployError, match="d-NOPE00000"):
+        store.clear_release_dir("d-NOPE00000")
+
+
+def test_prune_treats_a_shared_folder_as_one_release(store: StateStore, tmp_path: Path) -> None:
+    shared = _release(tmp_path, "shared")
+    first = deploy(store, "succeeded", identity="v1", release_dir=shared)
+    deploy(store, "failed", identity="v2", release_dir=_release(tmp_path, "2"))
+    again = deploy(store, "succeeded", identity="v1", restores=first.id, release_dir=shared)
+    doomed = store.releases_to_prune("Production", keep=1)
+    assert [d.release_dir for d in doomed] == [str(tmp_path / "releases" / "2")]
+    assert again.release_dir == first.release_dir
+
+
+# ---- concurrency ---------------------------------------------------------------------------------------
+
+
+def test_another_process_writes_while_this_one_reads_and_writes(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store = StateStore(db)
+    stop = tmp_path / "stop"
+    code = """
+        import sys, time
+        from pathlib import Path
+        from s3deploy.state import StateStore
+        s = StateStore(Path(sys.argv[1]))
+        d = s.start(section="Other", bucket="b", key="k", etag=None, version_id=None,
+                    identity="v0", release_dir=None, log_path=None)
+        s.finish(d.id, "succeeded")
+        print("ready", flush=True)
+        i = 1
+        while not Path(sys.argv[2]).exists() and i < 3000:  # until the reader has done its part
+            d = s.start(section="Other", bucket="b", key="k", etag=None, version_id=None,
+                        identity=f"v{i}", release_dir=None, log_path=None)
+            s.finish(d.id, "succeeded", output_tail="x" * 1000)
+            i += 1
+            time.sleep(0.001)  # a real writer pauses between deployments; a hot loop starves the reader
+        print(i, flush=True)
+        s.close()
+    """
+    with store, child(code, str(db), str(stop)) as writer:
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+        seen = mine = 0
+        while seen < 50 or mine < 50:  # both sides really interleave
+            history = store.history("Other")  # one snapshot: only the newest may still be running
+            assert all(d.status == "succeeded" for d in history[1:])
+            assert [d.identity for d in history] == [f"v{i}" for i in reversed(range(len(history)))]
+            assert len(history) >= seen
+            seen = len(history)
+            deploy(store, "succeeded", section="Mine", identity=f"m{mine}")
+            mine += 1
+            assert writer.poll() is None, writer.communicate()
+        stop.touch()
+        out, err = writer.communicate(timeout=30)
+        assert writer.returncode == 0, err
+        written = int(out)
+        assert written > 1
+        assert len(store.history("Other")) == written
+        assert len(store.history("Mine")) == mine
+        assert store.last_attempt("Other").identity == f"v{written - 1}"  # type: ignore[union-attr]
+
+
+def test_threads_share_one_store(store: StateStore) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(25):
+                deploy(store, "succeeded", section=f"T{n}", identity=f"v{i}")
+                store.section_state(f"T{n}")
+        except BaseException as e:  # reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [len(store.history(f"T{n}")) for n in range(4)] == [25] * 4
