@@ -38,11 +38,12 @@ def hook_script(body: str) -> str:
 
 
 def trace_hooks(trace: Path, events: tuple[str, ...], tag: str) -> dict[str, str]:
-    """Scripts that append ``<tag> <event> <DEPLOYMENT_ID> <bundle dir>`` to ``trace``, and the appspec hooks."""
+    """Hook scripts appending ``<tag> <event> <DEPLOYMENT_ID> <bundle dir>`` to ``trace``."""
     files = {}
     for event in events:
         files[f"scripts/{event}.sh"] = hook_script(
-            f'echo "{tag} $LIFECYCLE_EVENT $DEPLOYMENT_ID $S3DEPLOY_BUNDLE_DIR" >> {trace}\necho "{event} ran"'
+            f'echo "{tag} $LIFECYCLE_EVENT $DEPLOYMENT_ID $S3DEPLOY_BUNDLE_DIR" >> {trace}\n'
+            f'echo "{event} ran"'
         )
     return files
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -16,8 +17,8 @@ from tests.agent import (
     DaemonProcess,
     appspec,
     cli,
-    hook_script,
     history,
+    hook_script,
     pid_alive,
     status,
     trace_hooks,
@@ -365,3 +366,58 @@ def test_seed_config_lists_and_bad_config_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "[Production] poll_interval" in proc.stderr and str(bad) in proc.stderr
     assert not (tmp_path / "state").exists()  # nothing ran
+
+
+def test_seed_spellings_overrides_and_json_log_file(
+    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any
+) -> None:
+    """--config-section, per-run overrides (--s3-bucket, --target-key-file, --profile_name), JSON log file."""
+    configured, real = make_bucket(), make_bucket()
+    state_dir, log_file = tmp_path / "state", tmp_path / "agent.log"
+    config = write_config(tmp_path / "config.ini", {"Settings": section_keys(seaweed, configured)})
+    original = config.read_text()
+    s3_client.put_object(
+        Bucket=real,
+        Key="other.zip",
+        Body=zip_bytes({"appspec.yml": appspec(tmp_path / "www", {}), "app/hello": "from the override"}),
+    )
+    proc = cli(
+        "run",
+        "--config-section",
+        "Settings",
+        "--once",
+        "--s3-bucket",
+        real,
+        "--target-key-file",
+        "other.zip",
+        "-c",
+        str(config),
+        "--state-dir",
+        str(state_dir),
+        "--log-format",
+        "json",
+        "--log-file",
+        str(log_file),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "www" / "hello").read_text() == "from the override"
+    assert config.read_text() == original  # overrides are never written back
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(r.get("section") == "Settings" and "succeeded" in r["msg"] for r in records)
+    assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    assert "succeeded" in proc.stderr  # stderr is still written
+
+    bad = cli(
+        "run",
+        "-s",
+        "Settings",
+        "--once",
+        "--profile_name",
+        "no-such-profile",
+        "-c",
+        str(config),
+        "--state-dir",
+        str(state_dir),
+    )
+    assert bad.returncode == 1
+    assert "no-such-profile" in bad.stdout + bad.stderr
