@@ -14,15 +14,12 @@ verified by size only: their ETag is an MD5 of part MD5s, not checkable without 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
 import os
 import re
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +33,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from s3deploy.errors import RevisionChanged, SourceError
+from s3deploy.poller import BucketLister
+from s3deploy.transfer import Checksum, Download
+from s3deploy.transfer import ProgressCallback as ProgressCallback  # re-exported for callers
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ CHUNK_BYTES = 1024 * 1024
 # Below this size `upload` does one PutObject, so the ETag is the MD5 the download can verify.
 SINGLE_PUT_MAX_BYTES = 64 * 1024 * 1024
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
-
-ProgressCallback = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -127,6 +125,7 @@ _HINTS: dict[str, tuple[str, bool]] = {
     "ServiceUnavailable": ("S3 is unavailable (503); retrying with backoff", True),
     "InternalError": ("S3 internal error (500); retrying with backoff", True),
     "RequestTimeout": ("S3 timed out waiting for the request; retrying", True),
+    "InvalidRange": ("the object is shorter than the size its revision declared; retrying", True),
 }
 _CODE_ALIASES = {
     "404": "NoSuchKey",
@@ -214,6 +213,7 @@ class S3Pool:
 
     def __init__(self) -> None:
         self._clients: dict[Endpoint, Any] = {}
+        self._listers: dict[tuple[Endpoint, str], BucketLister] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
         self._closed = False
@@ -304,11 +304,18 @@ class S3Pool:
             # Any other answer about the bucket tells nothing new: the original 404 stands.
 
     async def list_objects(
-        self, ep: Endpoint, bucket: str, prefix: str = "", *, page_size: int = 1000
+        self,
+        ep: Endpoint,
+        bucket: str,
+        prefix: str = "",
+        *,
+        page_size: int = 1000,
+        max_objects: int | None = None,
     ) -> dict[str, Revision]:
         """List every object under ``prefix`` (one paginated ListObjectsV2), keyed by object key.
 
         The listing has no VersionId or checksums: callers HEAD the keys whose ETag/LastModified changed.
+        More than ``max_objects`` objects raise SourceError(code="TooManyObjects") without listing on.
         """
         client = await self.client(ep)
         found: dict[str, Revision] = {}
@@ -319,45 +326,63 @@ class S3Pool:
             async for page in pages:
                 for item in page.get("Contents", []):
                     found[item["Key"]] = Revision.from_response(bucket, item["Key"], item)
+                if max_objects is not None and len(found) > max_objects:
+                    raise SourceError(
+                        f"LIST s3://{bucket}/{prefix}* at {ep.describe()}: more than {max_objects} objects",
+                        code="TooManyObjects",
+                        retryable=False,
+                    )
         return found
+
+    async def poll(self, ep: Endpoint, bucket: str, key: str) -> Revision:
+        """What a watcher's poll sees: a HEAD, or a share of one LIST for sections sharing the bucket.
+
+        See :mod:`s3deploy.poller`. Errors are the ones :meth:`head` raises for the key.
+        """
+        lister = self._listers.get((ep, bucket))
+        if lister is None:
+            lister = self._listers[(ep, bucket)] = BucketLister(self, ep, bucket)
+        return await lister.revision(key)
+
+    def lister(self, ep: Endpoint, bucket: str) -> BucketLister | None:
+        """The lister of one bucket, once a poll created it (its counters are read by the benchmarks)."""
+        return self._listers.get((ep, bucket))
 
     async def download(
         self, rev: Revision, ep: Endpoint, dest: Path, progress: ProgressCallback | None = None
     ) -> None:
-        """Stream exactly ``rev`` into ``dest`` (created or truncated) and verify size and checksums.
+        """Fetch exactly ``rev`` into ``dest`` (created or truncated) and verify size and checksum.
 
-        The GET is pinned (VersionId, else If-Match on the ETag), so a replaced object raises
-        RevisionChanged instead of mixing revisions. ``progress`` gets the byte count of each written chunk.
-        On any error ``dest`` may hold partial data; the caller removes it.
+        Every GET is pinned (VersionId, else If-Match on the ETag), so a replaced object raises
+        RevisionChanged instead of mixing revisions. Objects from ``transfer.RANGED_MIN_BYTES`` up are
+        fetched in parallel ranges (see :mod:`s3deploy.transfer`). ``progress`` gets the byte count of
+        each written block. On any error ``dest`` may hold partial data; the caller removes it.
         """
         client = await self.client(ep)
         pin = {"VersionId": rev.version_id} if rev.version_id else {"IfMatch": f'"{rev.etag}"'}
         started = time.monotonic()
-        sink = _FileSink(dest, progress)
-        try:
-            with _translated("GET", ep, rev.bucket, rev.key):
-                resp = await client.get_object(Bucket=rev.bucket, Key=rev.key, **pin)
-                # SSE-KMS and SSE-C objects have ETags that are not the MD5 of the content.
-                encrypted = resp.get("ServerSideEncryption", "").startswith("aws:kms") or bool(
-                    resp.get("SSECustomerAlgorithm")
-                )
-                digests = _Digests(md5=not encrypted and bool(_MD5_ETAG.match(rev.etag)), rev=rev)
-                body = resp["Body"]
-                async with body:  # releases the connection even when verification fails midway
-                    written = await _stream(body, sink, digests)
-        finally:
-            sink.close()
-        where = f"GET {rev.url} at {ep.describe()}"
-        if written != rev.size:
-            raise SourceError(f"{where}: truncated: got {written} of {rev.size} bytes", code="Truncated")
-        digests.verify(where)
+        job = Download(
+            client=client,
+            bucket=rev.bucket,
+            key=rev.key,
+            pin=pin,
+            size=rev.size,
+            path=str(dest),
+            checksum=_checksum_for(rev),
+            where=f"GET {rev.url} at {ep.describe()}",
+            progress=progress,
+        )
+        with _translated("GET", ep, rev.bucket, rev.key):
+            await job.run()
         elapsed = time.monotonic() - started
         logger.info(
-            "downloaded %s (%d bytes) in %.2fs (%.1f MiB/s)",
+            "downloaded %s (%d bytes, %d part(s), %s verified) in %.2fs (%.1f MiB/s)",
             rev.url,
-            written,
+            rev.size,
+            len(job.parts),
+            job.checksum.name or "size",
             elapsed,
-            written / max(elapsed, 1e-6) / 2**20,
+            rev.size / max(elapsed, 1e-6) / 2**20,
         )
 
     async def upload(
@@ -376,107 +401,18 @@ class S3Pool:
         return rev
 
 
-class _Digests:
-    """The hashes a download must match, updated chunk by chunk (in a worker thread)."""
+def _checksum_for(rev: Revision) -> Checksum:
+    """The S3 full-object checksum when there is one (CRC32 first: cheapest), else a single-part MD5 ETag.
 
-    def __init__(self, *, md5: bool, rev: Revision) -> None:
-        self.rev = rev
-        # A value ending in "-N" is a checksum of part checksums (multipart): not checkable here.
-        self.expected: tuple[str, str] | None = None
-        for name, value in (
-            ("CRC32", rev.checksum_crc32),
-            ("SHA256", rev.checksum_sha256),
-            ("SHA1", rev.checksum_sha1),
-        ):
-            if value and "-" not in value:
-                self.expected = (name, value)
-                break
-        self.md5 = hashlib.md5(usedforsecurity=False) if md5 and self.expected is None else None
-        self.sha = (
-            hashlib.new(self.expected[0].lower()) if self.expected and self.expected[0] != "CRC32" else None
-        )
-        self.crc = 0
-
-    def update(self, data: bytes | bytearray) -> None:
-        if self.md5 is not None:
-            self.md5.update(data)
-        if self.sha is not None:
-            self.sha.update(data)
-        elif self.expected is not None:
-            self.crc = zlib.crc32(data, self.crc)
-
-    def verify(self, where: str) -> None:
-        if self.md5 is not None and self.md5.hexdigest() != self.rev.etag:
-            raise SourceError(
-                f"{where}: checksum mismatch: content MD5 {self.md5.hexdigest()} "
-                f"!= ETag {self.rev.etag}; the download is corrupt",
-                code="ChecksumMismatch",
-            )
-        if self.expected is not None:
-            name, want = self.expected
-            raw = self.sha.digest() if self.sha is not None else self.crc.to_bytes(4, "big")
-            got = base64.b64encode(raw).decode()
-            if got != want:
-                raise SourceError(
-                    f"{where}: checksum mismatch: content {name} {got} != S3's {want}; "
-                    "the download is corrupt",
-                    code="ChecksumMismatch",
-                )
-
-
-async def _stream(body: Any, sink: _FileSink, digests: _Digests) -> int:
-    """Copy the response body into ``sink`` in ~1 MiB blocks; returns the byte count."""
-    buf = bytearray()
-    while True:
-        chunk = await body.read(CHUNK_BYTES)
-        if chunk:
-            buf += chunk
-        if buf and (len(buf) >= CHUNK_BYTES or not chunk):
-            await sink.write(bytes(buf), digests)
-            buf.clear()
-        if not chunk:
-            await sink.drain()
-            return sink.written
-
-
-class _FileSink:
-    """Writes blocks to a file in a worker thread, one block in flight while the next is read.
-
-    Hashing and writing a block overlaps with receiving the next one; blocks stay in order because
-    each write waits for the previous one. At most two blocks are in memory.
+    A value ending in "-N" is a checksum of part checksums (multipart): not checkable here.
     """
-
-    def __init__(self, path: Path, progress: ProgressCallback | None) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self.progress = progress
-        self.written = 0
-        self._pending: asyncio.Future[int] | None = None
-
-    async def write(self, data: bytes, digests: _Digests) -> None:
-        await self.drain()
-        self._pending = asyncio.ensure_future(asyncio.to_thread(_write_block, self.fd, data, digests))
-
-    async def drain(self) -> None:
-        if self._pending is not None:
-            done = await self._pending
-            self._pending = None
-            self.written += done
-            if self.progress is not None:
-                self.progress(done)
-
-    def close(self) -> None:
-        """Close now, or, if a block is still being written (cancellation), as soon as it is done."""
-        pending, self._pending = self._pending, None
-        if pending is None or pending.done():
-            os.close(self.fd)
-        else:
-            # Closing under a running os.write could hand the fd number to someone else mid-write.
-            pending.add_done_callback(lambda _: os.close(self.fd))
-
-
-def _write_block(fd: int, data: bytes, digests: _Digests) -> int:
-    digests.update(data)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    return len(data)
+    for name, value in (
+        ("CRC32", rev.checksum_crc32),
+        ("SHA256", rev.checksum_sha256),
+        ("SHA1", rev.checksum_sha1),
+    ):
+        if value and "-" not in value:
+            return Checksum(name, value)
+    if _MD5_ETAG.match(rev.etag):
+        return Checksum("MD5", rev.etag)
+    return Checksum(None, None)

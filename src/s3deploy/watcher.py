@@ -167,9 +167,9 @@ class Watcher:
                 pass
 
     async def poll_once(self, *, force: bool = False) -> Deployment | None:
-        """One check: HEAD the object and deploy it if it changed. Returns the deployment made, if any."""
+        """One check: HEAD (or a shared LIST), deploy if it changed. Returns the deployment made, if any."""
         sec = self.section
-        rev = await self.agent.pool.head(self.endpoint, sec.s3_bucket, sec.target_file_key)
+        rev = await self.agent.pool.poll(self.endpoint, sec.s3_bucket, sec.target_file_key)
         state = self.agent.state
         await asyncio.to_thread(state.record_poll, sec.name, identity=rev.identity, error=None)
         record = await asyncio.to_thread(state.get_section, sec.name)
