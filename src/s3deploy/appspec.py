@@ -19,7 +19,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -163,35 +163,23 @@ def load_appspec(bundle_root: Path) -> AppSpec:
     Raises AppSpecError whose ``problems`` lists every problem found. A missing hook script is not a
     problem here (the hook runner fails that event); ``check_bundle`` reports it.
     """
-    path = find_appspec(bundle_root)
-    if path is None:
-        log.debug("no appspec in %s: seed-style bundle", bundle_root)
-        return AppSpec(hooks=_seed_hooks(bundle_root), seed_style_hooks=True)
-    problems = _Problems(path.name)
-    try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        reason = getattr(e, "problem", None) or str(e)
-        raise AppSpecError(f"{path.name}: invalid YAML{where}: {reason}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise AppSpecError(f"{path.name}: cannot read: {e}") from e
-    spec = _parse(doc, bundle_root, problems)
-    if problems.lines:
-        raise AppSpecError(
-            f"{path.name}: {len(problems.lines)} problem(s): {problems.lines[0]}", problems.lines
-        )
+    spec, problems = _load(bundle_root)
+    if problems:
+        raise AppSpecError(f"{spec.source_file}: {len(problems)} problem(s): {problems[0]}", problems)
     return spec
 
 
 def check_bundle(bundle_root: Path) -> list[str]:
-    """Every problem of the bundle at ``bundle_root`` (for ``s3deploy validate``); empty when deployable."""
+    """Every problem of the bundle at ``bundle_root`` (for ``s3deploy validate``); empty when deployable.
+
+    Scripts are checked even when other keys have problems, so one run lists everything to fix.
+    """
     try:
-        spec = load_appspec(bundle_root)
-    except AppSpecError as e:
+        spec, lines = _load(bundle_root)
+    except AppSpecError as e:  # unreadable or not YAML: nothing more to check
         return list(e.problems)
     problems = _Problems(spec.source_file or "bundle")
+    problems.lines = lines
     root = bundle_root.resolve()
     for event, scripts in spec.hooks.items():
         for i, script in enumerate(scripts):
@@ -204,6 +192,26 @@ def check_bundle(bundle_root: Path) -> list[str]:
             elif not target.is_file():
                 problems.add(key, f'"{script.location}" is not a regular file')
     return problems.lines
+
+
+def _load(bundle_root: Path) -> tuple[AppSpec, list[str]]:
+    """The appspec (valid parts only) and every problem found; raises AppSpecError if it cannot be read."""
+    path = find_appspec(bundle_root)
+    if path is None:
+        log.debug("no appspec in %s: seed-style bundle", bundle_root)
+        return AppSpec(hooks=_seed_hooks(bundle_root), seed_style_hooks=True), []
+    problems = _Problems(path.name)
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(e, "problem", None) or str(e)
+        raise AppSpecError(f"{path.name}: invalid YAML{where}: {reason}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise AppSpecError(f"{path.name}: cannot read: {e}") from e
+    spec = _parse(doc, bundle_root, problems)
+    return replace(spec, source_file=path.name), problems.lines
 
 
 def _seed_hooks(bundle_root: Path) -> dict[str, tuple[HookScript, ...]]:

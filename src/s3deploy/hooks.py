@@ -11,7 +11,8 @@ the main process has exited but a background child still holds the pipe, we stop
 ``stdout_linger_s`` and close our end instead of waiting for an EOF that may never come (CodeDeploy
 waits until the hook's deadline and fails; we return promptly).
 
-With ``runas`` the caller must make ``cwd`` and the script readable and traversable by that user.
+With ``runas`` the caller must make ``cwd`` and the script readable and traversable by that user; when
+it is not, the failure names the folder or script that blocks it.
 """
 
 from __future__ import annotations
@@ -202,7 +203,14 @@ def _runas_options(
 
 
 async def _spawn(
-    script: Path, *, event: str, cwd: Path, env: dict[str, str], stdout_fd: int, options: dict[str, Any]
+    script: Path,
+    *,
+    event: str,
+    cwd: Path,
+    env: dict[str, str],
+    stdout_fd: int,
+    options: dict[str, Any],
+    runas: str | None = None,
 ) -> asyncio.subprocess.Process:
     """Start the script directly; without a shebang (ENOEXEC) it runs under /bin/sh, as shells do."""
     common: dict[str, Any] = dict(
@@ -223,12 +231,51 @@ async def _spawn(
             logger.info("%s: %s has no shebang; running it with /bin/sh", event, script)
             return await asyncio.create_subprocess_exec("/bin/sh", str(script), **common)
     except OSError as e:
+        blocked = _blocked_for(options, cwd, script) if e.errno == errno.EACCES else None
+        if blocked is not None:
+            raise HookFailed(
+                f"{event}: cannot run {script} as {runas}: {blocked}",
+                event=event,
+                script=str(script),
+            ) from e
         raise HookFailed(
             f"{event}: cannot execute {script}: {e.strerror or e} (check its shebang line, "
             f"its interpreter and the working directory {cwd})",
             event=event,
             script=str(script),
         ) from e
+
+
+def _blocked_for(options: dict[str, Any], cwd: Path, script: Path) -> str | None:
+    """Why the runas user in ``options`` cannot reach ``cwd`` or run ``script`` (None: not a mode problem).
+
+    Only used to explain an EACCES, never to refuse in advance (ACLs may grant what the mode bits deny).
+    """
+    if "user" not in options:
+        return None
+    uid, groups = options["user"], {options["group"], *options.get("extra_groups", ())}
+
+    def allowed(path: Path, bits: int) -> bool:
+        st = path.stat()
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in groups else 0
+        return (st.st_mode >> shift) & bits == bits
+
+    try:
+        for folder in [*reversed(cwd.parents), cwd, *reversed(script.parents)]:
+            if not allowed(folder, 0o1):
+                st = folder.stat()
+                return (
+                    f"folder {folder} is not traversable by that user (mode {st.st_mode & 0o7777:o}, "
+                    f"owner uid {st.st_uid}). Runas users need every folder above the release bundle to "
+                    f"be traversable: chmod o+x {folder}, or use a --state-dir whose parents are "
+                    "(the default /var/lib/s3deploy is)"
+                )
+        if not allowed(script, 0o5):
+            script_mode = script.stat().st_mode & 0o7777
+            return f"the script is not readable and executable by that user (mode {script_mode:o})"
+    except OSError:
+        return None
+    return None
 
 
 def _group_alive(pgid: int) -> bool:
@@ -358,7 +405,9 @@ async def run_hook(
 
     read_fd, write_fd = os.pipe()
     try:
-        proc = await _spawn(script, event=event, cwd=cwd, env=run_env, stdout_fd=write_fd, options=options)
+        proc = await _spawn(
+            script, event=event, cwd=cwd, env=run_env, stdout_fd=write_fd, options=options, runas=runas
+        )
     except BaseException:
         os.close(read_fd)
         raise
