@@ -12,12 +12,22 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from s3deploy import __version__
@@ -28,11 +38,13 @@ from s3deploy.daemon import Daemon, Selection, check, overlapping_groups, run_on
 from s3deploy.errors import BundleError, ConfigError, LockBusy, S3DeployError
 from s3deploy.locks import SectionLocks
 from s3deploy.log import setup_logging
-from s3deploy.s3 import Endpoint, S3Pool
+from s3deploy.s3 import Endpoint, ProgressCallback, S3Pool
 from s3deploy.state import Deployment, StateStore
 from s3deploy.watcher import Agent, Watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+#: Transfers at least this big get a progress bar (when stdout is a terminal).
+PROGRESS_MIN_BYTES = 4 * 2**20
 
 app = typer.Typer(
     name="s3deploy",
@@ -71,6 +83,79 @@ LogFileOpt = Annotated[
     Path | None, typer.Option("--log-file", envvar="S3DEPLOY_LOG_FILE", help="Also log to this file")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def _complete_section(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of section names, from --config (or the default config.ini) when it loads."""
+    try:
+        cfg = load_config(find_config_path(ctx.params.get("config")))
+    except Exception:
+        return []
+    return [name for name in cfg.sections if name.startswith(incomplete)]
+
+
+SectionArg = Annotated[str, typer.Argument(help="Section", autocompletion=_complete_section)]
+
+
+# ------------------------------------------------------------------------------ output helpers
+def _one_line(value: Any) -> str:
+    text = " ".join(str(value).split()) if value not in (None, "") else "-"
+    return text
+
+
+def _ts(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else "-"
+
+
+def _iso_ts(value: str | None) -> str:
+    return _ts(datetime.fromisoformat(value)) if value else "-"
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table on a terminal; else plain text: a header, one line per row, columns padded with two
+    spaces (every column but the last is a single word, "-" when empty), so scripts can split lines."""
+    cells = [[_one_line(v) for v in row] for row in rows]
+    if out.is_terminal:
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col.lower())
+        for row in cells:
+            table.add_row(*row)
+        out.print(table)
+        return
+    header = [c.upper().replace(" ", "_") for c in columns]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(columns) - 1)]
+    for row in [header, *cells]:
+        print("  ".join([*(v.ljust(w) for v, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[Callable[[str, int], ProgressCallback | None] | None]:
+    """A factory of progress callbacks for transfers over PROGRESS_MIN_BYTES, when ``enabled``."""
+    if not enabled:
+        yield None
+        return
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=out,
+    )
+
+    def factory(what: str, total: int) -> ProgressCallback | None:
+        if total < PROGRESS_MIN_BYTES:
+            return None
+        if not bars.live.is_started:
+            bars.start()
+        task = bars.add_task(what, total=total)
+        return lambda nbytes: bars.advance(task, nbytes)
+
+    try:
+        yield factory
+    finally:
+        bars.stop()
 
 
 def default_state_dir() -> Path:
@@ -154,6 +239,24 @@ def run(
             help="Seconds a running deployment gets on SIGTERM before its hooks are killed",
         ),
     ] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            envvar="S3DEPLOY_METRICS_PORT",
+            help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics",
+        ),
+    ] = None,
+    metrics_textfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-textfile",
+            envvar="S3DEPLOY_METRICS_TEXTFILE",
+            help="Also write the metrics to this file (node_exporter textfile collector, *.prom)",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     log_level: LogLevelOpt = "INFO",
@@ -180,6 +283,8 @@ def run(
     selection = Selection(all_sections, tuple(section or (DEFAULT_SECTION,)), overrides)
     _guard(lambda: selection.pick(cfg))  # unknown sections or bad overrides: exit 2 before anything runs
     sdir = _state_dir(state_dir)
+    if once and (metrics_port is not None or metrics_textfile is not None):
+        raise _fail("--metrics-port and --metrics-textfile are for the daemon, not --once", EXIT_USAGE)
     if once:
         results = _arun(run_once(cfg, selection, sdir))
         for result in results:
@@ -194,7 +299,14 @@ def run(
             else:
                 print(f"{result.section}: nothing to deploy")
         raise typer.Exit(EXIT_FAILED if any(r.failed for r in results) else EXIT_OK)
-    daemon = Daemon(find_config_path(config), selection, sdir, shutdown_grace_s=shutdown_grace)
+    daemon = Daemon(
+        find_config_path(config),
+        selection,
+        sdir,
+        shutdown_grace_s=shutdown_grace,
+        metrics_port=metrics_port,
+        metrics_textfile=metrics_textfile,
+    )
     raise typer.Exit(_arun(daemon.serve(cfg)))
 
 
@@ -216,12 +328,8 @@ def _print_sections(cfg: Config, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"sections in {cfg.path}")
-    for col in ("name", "bucket", "key", "profile", "endpoint"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(str(r[c] or "-") for c in ("name", "bucket", "key", "profile", "endpoint")))
-    out.print(table)
+    columns = ("name", "bucket", "key", "profile", "endpoint")
+    _table(f"sections in {cfg.path}", columns, [[r[c] for c in columns] for r in rows])
 
 
 @app.command("list")
@@ -266,7 +374,9 @@ def section_status(store: StateStore, section: Section, state_dir: Path) -> dict
 
 @app.command()
 def status(
-    names: Annotated[list[str] | None, typer.Argument(help="Sections (default: all)")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Sections (default: all)", autocompletion=_complete_section)
+    ] = None,
     json_: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
@@ -283,25 +393,32 @@ def status(
     if json_:
         print(json.dumps({"sections": rows}, indent=2))
         return
-    table = Table(title="s3deploy status")
-    for col in ("section", "state", "current", "last attempt", "error"):
-        table.add_column(col)
+    table = []
     for r in rows:
-        cur, last = r["current"], r["last"]
-        table.add_row(
-            r["name"] + (" (suspended)" if r["suspended"] else ""),
-            r["state"],
-            f"{cur['id']} {cur['finished_at'] or ''}" if cur else "-",
-            f"{last['id']} {last['status']}" if last else "-",
-            (last or {}).get("error") or r["last_poll_error"] or "",
+        cur, last = r["current"] or {}, r["last"] or {}
+        error = last.get("error") if last.get("status") != "succeeded" else None
+        if r["last_poll_error"]:
+            error = f"S3: {r['last_poll_error']}" + (f"; {error}" if error else "")
+        table.append(
+            [
+                r["name"],
+                r["state"],
+                "yes" if r["suspended"] else "no",
+                cur.get("restores") or cur.get("id"),
+                _iso_ts(cur.get("finished_at")),
+                last.get("id"),
+                last.get("status"),
+                error,
+            ]
         )
-    out.print(table)
+    columns = ("section", "state", "suspended", "installed", "since", "last", "result", "error")
+    _table("s3deploy status", columns, table)
 
 
 # ------------------------------------------------------------------------------ history
 @app.command()
 def history(
-    name: Annotated[str, typer.Argument(help="Section")],
+    name: SectionArg,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="At most N deployments")] = None,
     json_: JsonOpt = False,
     config: ConfigOpt = None,
@@ -318,96 +435,131 @@ def history(
     if json_:
         print(json.dumps([d.to_json() for d in deps], indent=2))
         return
-    table = Table(title=f"history of [{name}]")
-    for col in ("id", "status", "started", "finished", "revision", "event", "note"):
-        table.add_column(col)
+    rows = []
     for d in deps:
         note = d.error or ""
-        if d.rollback_of:
-            note = f"rollback of {d.rollback_of} (restores {d.restores}) " + note
-        table.add_row(
-            d.id,
-            d.status,
-            _ts(d.started_at),
-            _ts(d.finished_at),
-            (d.version_id or d.etag or "")[:16],
-            d.failed_event or "",
-            note,
-        )
-    out.print(table)
-
-
-def _ts(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+        if d.restores:
+            note = f"rollback of {d.rollback_of or '-'}, restores {d.restores}" + (
+                f": {note}" if note else ""
+            )
+        elif d.forced:
+            note = "forced" + (f": {note}" if note else "")
+        took = f"{(d.finished_at - d.started_at).total_seconds():.1f}s" if d.finished_at else None
+        revision = d.version_id or d.etag
+        rows.append([d.id, d.status, _ts(d.started_at), took, revision, d.failed_event, note])
+    _table(
+        f"history of [{name}]",
+        ("id", "status", "started", "took", "revision", "event", "note"),
+        rows,
+    )
 
 
 # ------------------------------------------------------------------------------ deploy, rollback
 async def _one_shot(
-    section: Section, state_dir: Path, action: Callable[[Watcher], Coroutine[Any, Any, T]]
+    section: Section,
+    state_dir: Path,
+    action: Callable[[Watcher], Coroutine[Any, Any, T]],
+    progress: Callable[[str, int], ProgressCallback | None] | None = None,
 ) -> T:
     store = StateStore(state_dir / "state.db")
     try:
         async with S3Pool() as pool:
-            agent = Agent(state_dir, store, pool, SectionLocks(state_dir), lock_wait=False)
+            agent = Agent(state_dir, store, pool, SectionLocks(state_dir), lock_wait=False, progress=progress)
             return await action(Watcher(section, agent))
     finally:
         store.close()
 
 
-def _report(dep: Deployment) -> None:
-    if dep.status == "succeeded":
-        print(f"{dep.section}: {dep.id} succeeded")
-        return
-    print(f"{dep.section}: {dep.id} {dep.status} in {dep.failed_event}: {dep.error}")
-    raise typer.Exit(EXIT_FAILED)
+def _report(dep: Deployment, *, as_json: bool, message: str | None = None) -> None:
+    """Print how a deployment ended; exit 1 when it did not succeed."""
+    if as_json:
+        print(json.dumps(dep.to_json(), indent=2))
+    elif dep.status == "succeeded":
+        print(message or f"{dep.section}: {dep.id} succeeded")
+    else:
+        print(f"{dep.section}: {dep.id} {dep.status} in {dep.failed_event}: {dep.error}")
+        if dep.log_path:
+            print(f"{dep.section}: hook output in {dep.log_path}; see `s3deploy history {dep.section}`")
+    if dep.status != "succeeded":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _is_suspended(name: str, state_dir: Path) -> bool:
+    store = _open_state(state_dir)
+    try:
+        return _guard(lambda: store.get_section(name).suspended)
+    finally:
+        store.close()
 
 
 @app.command()
 def deploy(
-    name: Annotated[str, typer.Argument(help="Section")],
+    name: SectionArg,
     force: Annotated[
         bool, typer.Option("--force", help="Redeploy even an unchanged or failed revision")
     ] = False,
+    json_: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     log_level: LogLevelOpt = "INFO",
     log_format: LogFormatOpt = "text",
     log_file: LogFileOpt = None,
 ) -> None:
-    """Check a section now and deploy if its object changed (safe while the daemon runs)."""
+    """Check a section now and deploy if its object changed (safe while the daemon runs).
+
+    Exit 0 when it deployed or there was nothing new, 1 when the deployment failed, 3 when another
+    s3deploy process (the daemon) is deploying this section right now.
+    """
     _setup(log_level, log_format, log_file)
     cfg = _load(config)
     section = _section(cfg, name)
+    sdir = _state_dir(state_dir)
     groups = overlapping_groups(list(cfg.sections.values()))
+    if not force and _is_suspended(name, sdir):
+        message = f"{name}: suspended, not deploying (`s3deploy resume {name}`, or deploy --force)"
+        print(json.dumps({"section": name, "deployment": None, "message": message}) if json_ else message)
+        return
 
     async def action(w: Watcher) -> Any:
         w.lock_names = sorted({name, *groups[name]})
         return await check(w, force=force)
 
-    result = _arun(_one_shot(section, _state_dir(state_dir), action))
+    with _progress_bars(out.is_terminal and not json_) as progress:
+        result = _arun(_one_shot(section, sdir, action, progress))
     if result.error:
         raise _fail(result.error, EXIT_FAILED)
     if result.deployment is None:
-        print(f"{name}: nothing new to deploy (unchanged, or a failed revision: use --force to redeploy it)")
+        message = f"{name}: nothing new to deploy (unchanged, or a failed revision: --force redeploys it)"
+        print(json.dumps({"section": name, "deployment": None, "message": message}) if json_ else message)
         return
-    _report(result.deployment)
+    _report(result.deployment, as_json=json_)
 
 
 @app.command()
 def rollback(
-    name: Annotated[str, typer.Argument(help="Section")],
+    name: SectionArg,
     to: Annotated[str | None, typer.Option("--to", help="Deployment id whose release to reinstall")] = None,
+    json_: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     log_level: LogLevelOpt = "INFO",
     log_format: LogFormatOpt = "text",
     log_file: LogFileOpt = None,
 ) -> None:
-    """Redeploy the previous successful release (or --to ID) from disk."""
+    """Redeploy the previous successful release (or --to ID) from disk.
+
+    The daemon does not redeploy the revision this replaces: only a new upload deploys again.
+    """
     _setup(log_level, log_format, log_file)
     cfg = _load(config)
     section = _section(cfg, name)
-    _report(_arun(_one_shot(section, _state_dir(state_dir), lambda w: w.manual_rollback(to))))
+    dep = _arun(_one_shot(section, _state_dir(state_dir), lambda w: w.manual_rollback(to)))
+    _report(
+        dep,
+        as_json=json_,
+        message=f"{name}: {dep.id} succeeded: release of {dep.restores} reinstalled"
+        + (f" (replacing {dep.rollback_of})" if dep.rollback_of else ""),
+    )
 
 
 # ------------------------------------------------------------------------------ suspend, resume
@@ -423,17 +575,13 @@ def _set_suspended(name: str, suspended: bool, config: Path | None, state_dir: P
 
 
 @app.command()
-def suspend(
-    name: Annotated[str, typer.Argument()], config: ConfigOpt = None, state_dir: StateDirOpt = None
-) -> None:
+def suspend(name: SectionArg, config: ConfigOpt = None, state_dir: StateDirOpt = None) -> None:
     """The daemon keeps watching the section but does not deploy it."""
     _set_suspended(name, True, config, state_dir)
 
 
 @app.command()
-def resume(
-    name: Annotated[str, typer.Argument()], config: ConfigOpt = None, state_dir: StateDirOpt = None
-) -> None:
+def resume(name: SectionArg, config: ConfigOpt = None, state_dir: StateDirOpt = None) -> None:
     """Deploy the section again when its object changes."""
     _set_suspended(name, False, config, state_dir)
 
@@ -477,19 +625,29 @@ def check_path(path: Path) -> list[str]:
 def publish(
     directory: Annotated[Path, typer.Argument(help="Bundle folder (with appspec.yml)", file_okay=False)],
     section: Annotated[
-        str | None, typer.Option("--section", "-s", help="Use this section's bucket/key/...")
+        str | None,
+        typer.Option(
+            "--section", "-s", help="Use this section's bucket/key/...", autocompletion=_complete_section
+        ),
     ] = None,
     bucket: Annotated[str | None, typer.Option("--bucket", help="Bucket (without -s)")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Object key (without -s)")] = None,
-    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url", help="S3-compatible endpoint")] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--endpoint-url", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3)"),
+    ] = None,
     region: Annotated[str | None, typer.Option("--region")] = None,
     profile_name: Annotated[str | None, typer.Option("--profile-name", "--profile_name")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and zip, do not upload")] = False,
+    json_: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     log_level: LogLevelOpt = "WARNING",
 ) -> None:
-    """Zip DIR (exec bits and symlinks kept), validate its appspec, upload it."""
+    """Validate DIR's appspec, zip DIR (exec bits and symlinks kept), upload it; print the new revision.
+
+    Bundles up to 64 MiB go up in one PUT (their ETag is the MD5 the agent verifies), bigger ones in parts.
+    """
     _setup(log_level, "text", None)
     if section is not None:
         sec = _guard(lambda: _load(config).section(section))
@@ -510,19 +668,34 @@ def publish(
         archive = Path(tmp) / "bundle.zip"
         entries = _guard(lambda: make_zip(directory, archive))
         size = archive.stat().st_size
+        summary: dict[str, Any] = {
+            "bucket": bucket, "key": key, "entries": entries, "size": size, "dry_run": dry_run,
+        }  # fmt: skip
         if dry_run:
-            print(f"{directory}: OK, {entries} entries, {size} bytes zipped (dry run: not uploaded)")
+            _print_published(summary, json_, f"{directory}: OK, {entries} entries, {size} bytes zipped "
+                             f"(dry run: not uploaded to s3://{bucket}/{key})")  # fmt: skip
             return
-        rev = _arun(_upload(endpoint, bucket, key, archive))
-    print(
+        with _progress_bars(out.is_terminal and not json_) as progress:
+            callback = progress(f"s3://{bucket}/{key}", size) if progress else None
+            rev = _arun(_upload(endpoint, bucket, key, archive, callback))
+    summary.update(etag=rev.etag, version_id=rev.version_id, last_modified=rev.last_modified.isoformat())
+    _print_published(
+        summary,
+        json_,
         f"published s3://{bucket}/{key}: {entries} entries, {size} bytes, etag {rev.etag}"
-        + (f", version {rev.version_id}" if rev.version_id else "")
+        + (f", version {rev.version_id}" if rev.version_id else ""),
     )
 
 
-async def _upload(endpoint: Endpoint, bucket: str, key: str, archive: Path) -> Any:
+def _print_published(summary: dict[str, Any], as_json: bool, text: str) -> None:
+    print(json.dumps(summary, indent=2) if as_json else text)
+
+
+async def _upload(
+    endpoint: Endpoint, bucket: str, key: str, archive: Path, progress: ProgressCallback | None
+) -> Any:
     async with S3Pool() as pool:
-        return await pool.upload(endpoint, bucket, key, archive)
+        return await pool.upload(endpoint, bucket, key, archive, progress)
 
 
 # ------------------------------------------------------------------------------ demo

@@ -21,10 +21,11 @@ from pathlib import Path
 from s3deploy.config import Config, Section, load_config
 from s3deploy.errors import ConfigError, LockBusy, S3DeployError, SourceError
 from s3deploy.locks import InstanceLock, SectionLocks
+from s3deploy.metrics import Monitor
 from s3deploy.notify import Notifier
 from s3deploy.s3 import S3Pool
 from s3deploy.state import Deployment, StateStore
-from s3deploy.watcher import Agent, Watcher
+from s3deploy.watcher import Agent, Watcher, recover_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,18 @@ class Daemon:
     """One long-running agent process. ``serve()`` returns the exit code."""
 
     def __init__(
-        self, config_path: Path, selection: Selection, state_dir: Path, *, shutdown_grace_s: float = 30.0
+        self,
+        config_path: Path,
+        selection: Selection,
+        state_dir: Path,
+        *,
+        shutdown_grace_s: float = 30.0,
+        metrics_port: int | None = None,
+        metrics_textfile: Path | None = None,
     ) -> None:
+        self.metrics_port = metrics_port
+        self.metrics_textfile = metrics_textfile
+        self._monitor: Monitor | None = None
         self.config_path = config_path
         self.selection = selection
         self.state_dir = state_dir
@@ -90,14 +101,18 @@ class Daemon:
         try:
             state = StateStore(self.state_dir / "state.db")
             try:
-                for dep in state.recover_interrupted():
-                    logger.warning(
-                        "[%s] deployment %s was running when the agent stopped: marked interrupted",
-                        dep.section,
-                        dep.id,
-                    )
+                recover_interrupted(state)  # logs each one; removes their partial release folders
+                self._monitor = Monitor(
+                    state,
+                    port=self.metrics_port,
+                    textfile=self.metrics_textfile,
+                    on_status=self._notify.status,
+                )
+                await self._monitor.start()
                 async with S3Pool() as pool:
-                    agent = Agent(self.state_dir, state, pool, SectionLocks(self.state_dir))
+                    agent = Agent(
+                        self.state_dir, state, pool, SectionLocks(self.state_dir), observer=self._monitor
+                    )
                     return await self._main(agent, sections)
             finally:
                 state.close()
@@ -113,14 +128,16 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 self._sync_watchers(tg, agent, sections)
                 tg.create_task(self._notify.watchdog(self._shutdown), name="watchdog")
+                assert self._monitor is not None
+                tg.create_task(self._monitor.run(self._shutdown), name="monitor")
                 logger.info("watching %d section(s): %s", len(sections), ", ".join(s.name for s in sections))
-                self._notify.ready(f"watching {len(self._running)} section(s)")
+                self._notify.ready(self._monitor.status_text())
                 while True:
                     event = await self._events.get()
                     if event == "reload":
                         self._notify.reloading()
                         self._reload(tg, agent)
-                        self._notify.ready(f"watching {len(self._running)} section(s)")
+                        self._notify.ready(self._monitor.status_text())
                     elif event == "stop":
                         break
                 self._notify.stopping()
@@ -192,6 +209,8 @@ class Daemon:
             stop = asyncio.Event()
             task = tg.create_task(self._supervise(watcher, stop), name=f"watcher:{name}")
             self._running[name] = _Running(watcher, stop, task)
+        if self._monitor is not None:
+            self._monitor.watch(wanted)
 
     async def _supervise(self, watcher: Watcher, stop: asyncio.Event) -> None:
         """Run a watcher; a bug in one section is logged and retried, it never stops the others."""
@@ -229,8 +248,7 @@ async def run_once(config: Config, selection: Selection, state_dir: Path) -> lis
     try:
         state = StateStore(state_dir / "state.db")
         try:
-            for dep in state.recover_interrupted():
-                logger.warning("[%s] deployment %s was interrupted", dep.section, dep.id)
+            recover_interrupted(state)
             async with S3Pool() as pool:
                 agent = Agent(state_dir, state, pool, SectionLocks(state_dir))
                 groups = overlapping_groups(sections)

@@ -1,0 +1,429 @@
+"""The operator's commands against SeaweedFS while a real daemon runs: deploy, rollback, history,
+suspend/resume, publish; human output (TTY vs plain), progress bars, shell completion."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3deploy.seaweed import SeaweedServer, free_port
+from tests.agent import (
+    DaemonProcess,
+    appspec,
+    cli,
+    history,
+    hook_script,
+    status,
+    wait_until,
+    write_config,
+    zip_bytes,
+)
+from tests.test_metrics import wait_for_polls
+
+KEY = "app/bundle.zip"
+BOX_DRAWING = {chr(c) for c in range(0x2500, 0x2580)}
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, state_dir: Path, *args: str) -> DaemonProcess:
+        daemon = DaemonProcess(config, state_dir, state_dir.parent / f"daemon{len(started)}.log", *args)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def web_config(tmp_path: Path, seaweed: SeaweedServer, bucket: str, **extra: Any) -> Path:
+    keys = {"s3_bucket": bucket, "target_file_key": KEY, "endpoint_url": seaweed.endpoint_url}
+    return write_config(tmp_path / "config.ini", {"Web": {**keys, **extra}})
+
+
+def web_bundle(dest: Path, tag: str, *, fail: bool = False, gate: Path | None = None) -> bytes:
+    """index.html = tag; ValidateService fails when ``fail``; AfterInstall waits for ``gate`` if given."""
+    hooks = {"ValidateService": "scripts/validate.sh"}
+    files: dict[str, Any] = {
+        "app/index.html": tag,
+        "scripts/validate.sh": hook_script("exit 1" if fail else "echo healthy"),
+    }
+    if gate is not None:
+        hooks["AfterInstall"] = "scripts/wait.sh"
+        files["scripts/wait.sh"] = hook_script(f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    return zip_bytes({"appspec.yml": appspec(dest, hooks), **files})
+
+
+def last_status(config: Path, state_dir: Path) -> str | None:
+    last = status(config, state_dir)["Web"]["last"]
+    return last["status"] if last else None
+
+
+def run_in_pty(*args: str, env: Mapping[str, str] | None = None, timeout: float = 90) -> tuple[int, str]:
+    """Run ``python -m s3deploy ARGS`` with stdout on a 120x40 pseudo-terminal; (exit code, stdout)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3deploy", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TERM": "xterm-256color", **(env or {})},
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                proc.kill()
+                raise AssertionError(f"no output from {args} in {timeout}s")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    return proc.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")
+
+
+# ------------------------------------------------------------------------------ deploy
+
+
+def test_deploy_while_the_daemon_runs_nothing_new_force_and_failed_revisions(
+    tmp_path: Path,
+    seaweed: SeaweedServer,
+    make_bucket: Callable[..., str],
+    s3_client: Any,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    bucket = make_bucket(versioned=True)
+    state_dir, dest = tmp_path / "state", tmp_path / "www"
+    # A long poll interval: the daemon checks at start only, the rest is the `deploy` command's work.
+    config = web_config(tmp_path, seaweed, bucket, poll_interval=300, auto_rollback="false")
+    args = ("-c", str(config), "--state-dir", str(state_dir))
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1"))
+    daemon = daemons(config, state_dir, "--all")
+    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v2"))
+    deployed = cli("deploy", "Web", *args)
+    assert deployed.returncode == 0, deployed.stderr
+    assert deployed.stdout.startswith("Web: d-") and "succeeded" in deployed.stdout
+    assert (dest / "index.html").read_text() == "v2"
+
+    unchanged = cli("deploy", "Web", *args)
+    assert unchanged.returncode == 0, unchanged.stderr
+    assert "nothing new to deploy" in unchanged.stdout
+    assert len(history(config, state_dir, "Web")) == 2
+
+    forced = cli("deploy", "Web", "--force", "--json", *args)
+    assert forced.returncode == 0, forced.stderr
+    dep = json.loads(forced.stdout)
+    assert dep["status"] == "succeeded" and dep["section"] == "Web"
+    assert [d["id"] for d in history(config, state_dir, "Web")][0] == dep["id"]
+
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v3", fail=True))
+    failed = cli("deploy", "Web", *args)
+    assert failed.returncode == 1
+    assert "failed in ValidateService" in failed.stdout
+    again = cli("deploy", "Web", "--json", *args)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["deployment"] is None  # a failed revision is not retried ...
+    retried = cli("deploy", "Web", "--force", *args)
+    assert retried.returncode == 1  # ... unless forced
+    deps = history(config, state_dir, "Web")
+    assert [d["status"] for d in deps] == ["failed", "failed", "succeeded", "succeeded", "succeeded"]
+    assert daemon.proc.poll() is None
+
+
+def test_commands_exit_3_while_the_daemon_deploys_the_section(
+    tmp_path: Path,
+    seaweed: SeaweedServer,
+    make_bucket: Callable[..., str],
+    s3_client: Any,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    bucket = make_bucket(versioned=True)
+    state_dir, dest, gate = tmp_path / "state", tmp_path / "www", tmp_path / "gate"
+    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
+    args = ("-c", str(config), "--state-dir", str(state_dir))
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1", gate=gate))
+    daemons(config, state_dir, "--all")
+    wait_until(lambda: (dest / "index.html").exists(), timeout=30)  # AfterInstall is waiting now
+
+    for command in (("deploy", "Web"), ("deploy", "Web", "--force"), ("rollback", "Web")):
+        proc = cli(*command, *args)
+        assert proc.returncode == 3, (command, proc.stdout, proc.stderr)
+        assert "[Web] is being deployed by another s3deploy process" in proc.stderr
+    assert status(config, state_dir)["Web"]["state"] == "deploying"
+
+    gate.touch()
+    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+    assert cli("deploy", "Web", *args).returncode == 0
+
+
+# ------------------------------------------------------------------------------ rollback, history
+
+
+def test_rollback_and_rollback_to_while_the_daemon_runs_and_history(
+    tmp_path: Path,
+    seaweed: SeaweedServer,
+    make_bucket: Callable[..., str],
+    s3_client: Any,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    bucket = make_bucket(versioned=True)
+    state_dir, dest = tmp_path / "state", tmp_path / "www"
+    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
+    args = ("-c", str(config), "--state-dir", str(state_dir))
+    port = free_port()
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1"))
+    daemons(config, state_dir, "--all", "--metrics-port", str(port))
+    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v2"))
+    wait_until(
+        lambda: len(history(config, state_dir, "Web")) == 2 and last_status(config, state_dir), timeout=30
+    )
+    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+    v2_id, v1_id = (d["id"] for d in history(config, state_dir, "Web"))
+    assert (dest / "index.html").read_text() == "v2"
+
+    back = cli("rollback", "Web", "--json", *args)
+    assert back.returncode == 0, back.stderr
+    rolled = json.loads(back.stdout)
+    assert (rolled["status"], rolled["rollback_of"], rolled["restores"]) == ("succeeded", v2_id, v1_id)
+    assert (dest / "index.html").read_text() == "v1"
+    # The daemon keeps polling and does not redeploy v2, which is still the object in S3.
+    wait_for_polls(port, "Web", more=3)
+    assert len(history(config, state_dir, "Web")) == 3
+    assert (dest / "index.html").read_text() == "v1"
+    st = status(config, state_dir)["Web"]
+    assert st["state"] == "idle" and st["current"]["id"] == rolled["id"]
+
+    forward = cli("rollback", "Web", "--to", v2_id, *args)
+    assert forward.returncode == 0, forward.stderr
+    assert f"release of {v2_id} reinstalled" in forward.stdout
+    assert (dest / "index.html").read_text() == "v2"
+    unknown = cli("rollback", "Web", "--to", "d-NOSUCHONE", *args)
+    assert unknown.returncode == 1
+    assert "no deployment d-NOSUCHONE" in unknown.stderr and "s3deploy history Web" in unknown.stderr
+
+    newest = cli("history", "Web", "--limit", "2", "--json", *args)
+    assert newest.returncode == 0, newest.stderr
+    two = json.loads(newest.stdout)
+    assert [d["restores"] for d in two] == [v2_id, v1_id]
+    assert set(two[0]) >= {"id", "etag", "version_id", "status", "started_at", "finished_at", "rollback_of"}
+
+    # Plain text when stdout is not a terminal: a header, one line per deployment, no box drawing.
+    plain = cli("history", "Web", *args)
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    assert not BOX_DRAWING & set(plain.stdout)
+    assert lines[0].split() == ["ID", "STATUS", "STARTED", "TOOK", "REVISION", "EVENT", "NOTE"]
+    assert [line.split()[0] for line in lines[1:]] == [d["id"] for d in history(config, state_dir, "Web")]
+    assert lines[1].split()[1] == "succeeded" and f"restores {v2_id}" in lines[1]
+    assert len(cli("history", "Web", "-n", "1", *args).stdout.splitlines()) == 2
+
+
+# ------------------------------------------------------------------------------ suspend, resume
+
+
+def test_suspended_section_is_watched_but_not_deployed_until_resumed(
+    tmp_path: Path,
+    seaweed: SeaweedServer,
+    make_bucket: Callable[..., str],
+    s3_client: Any,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    bucket = make_bucket(versioned=True)
+    state_dir, dest = tmp_path / "state", tmp_path / "www"
+    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
+    args = ("-c", str(config), "--state-dir", str(state_dir))
+    port = free_port()
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1"))
+    daemons(config, state_dir, "--all", "--metrics-port", str(port))
+    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+
+    suspended = cli("suspend", "Web", *args)
+    assert suspended.returncode == 0 and "suspended" in suspended.stdout
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v2"))
+    wait_for_polls(port, "Web", more=3)  # the daemon keeps checking ...
+    assert len(history(config, state_dir, "Web")) == 1  # ... but does not deploy
+    assert (dest / "index.html").read_text() == "v1"
+    st = status(config, state_dir)["Web"]
+    assert st["suspended"] is True
+    plain = cli("status", *args).stdout.splitlines()
+    assert plain[0].split()[:3] == ["SECTION", "STATE", "SUSPENDED"]
+    assert plain[1].split()[:3] == ["Web", "idle", "yes"]
+    refused = cli("deploy", "Web", *args)
+    assert refused.returncode == 0 and "suspended" in refused.stdout
+    assert len(history(config, state_dir, "Web")) == 1
+
+    resumed = cli("resume", "Web", *args)
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+    wait_until(lambda: (dest / "index.html").read_text() == "v2", timeout=30)
+    assert status(config, state_dir)["Web"]["suspended"] is False
+
+
+# ------------------------------------------------------------------------------ publish
+
+
+def make_bundle_dir(root: Path, dest: Path) -> Path:
+    """A bundle folder with an executable, a plain file, a symlink and a hook without a shebang's help."""
+    (root / "app" / "bin").mkdir(parents=True)
+    (root / "scripts").mkdir()
+    (root / "appspec.yml").write_text(appspec(dest, {"AfterInstall": "scripts/after.sh"}))
+    (root / "scripts" / "after.sh").write_text(hook_script(f"touch {dest.parent / 'after-ran'}"))
+    (root / "scripts" / "after.sh").chmod(0o755)
+    (root / "app" / "bin" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (root / "app" / "bin" / "run.sh").chmod(0o750)
+    (root / "app" / "data.txt").write_text("data")
+    (root / "app" / "data.txt").chmod(0o640)
+    (root / "app" / "current").symlink_to("data.txt")
+    return root
+
+
+def test_publish_then_the_daemon_deploys_it_with_exec_bits_and_symlinks(
+    tmp_path: Path,
+    seaweed: SeaweedServer,
+    make_bucket: Callable[..., str],
+    s3_client: Any,
+    daemons: Callable[..., DaemonProcess],
+) -> None:
+    bucket = make_bucket(versioned=True)
+    state_dir, dest = tmp_path / "state", tmp_path / "www"
+    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
+    bundle = make_bundle_dir(tmp_path / "bundle", dest)
+    daemon = daemons(config, state_dir, "--all")  # nothing in S3 yet: it logs and keeps polling
+
+    dry = cli("publish", str(bundle), "-s", "Web", "--dry-run", "-c", str(config))
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run" in dry.stdout and "8 entries" in dry.stdout
+    assert "Versions" not in s3_client.list_object_versions(Bucket=bucket)
+
+    published = cli("publish", str(bundle), "-s", "Web", "-c", str(config))
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.startswith(f"published s3://{bucket}/{KEY}: ")
+    version = s3_client.head_object(Bucket=bucket, Key=KEY)["VersionId"]
+    assert f"version {version}" in published.stdout
+
+    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+    assert status(config, state_dir)["Web"]["current"]["version_id"] == version
+    assert (dest.parent / "after-ran").exists()
+    assert os.stat(dest / "bin" / "run.sh").st_mode & 0o777 == 0o750
+    assert os.stat(dest / "data.txt").st_mode & 0o777 == 0o640
+    assert os.readlink(dest / "current") == "data.txt"
+    assert daemon.proc.poll() is None
+
+
+def test_publish_with_bucket_key_endpoint_url_or_aws_endpoint_url_s3(
+    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any
+) -> None:
+    bucket = make_bucket()
+    bundle = make_bundle_dir(tmp_path / "bundle", tmp_path / "www")
+    flags = cli(
+        "publish", str(bundle), "--bucket", bucket, "--key", "a.zip",
+        "--endpoint-url", seaweed.endpoint_url, "--json",
+    )  # fmt: skip
+    assert flags.returncode == 0, flags.stderr
+    summary = json.loads(flags.stdout)
+    head = s3_client.head_object(Bucket=bucket, Key="a.zip")
+    assert summary["etag"] == head["ETag"].strip('"') and summary["size"] == head["ContentLength"]
+    assert (summary["bucket"], summary["key"], summary["entries"]) == (bucket, "a.zip", 8)
+
+    env = {**os.environ, "AWS_ENDPOINT_URL_S3": seaweed.endpoint_url}
+    from_env = cli("publish", str(bundle), "--bucket", bucket, "--key", "b.zip", env=env)
+    assert from_env.returncode == 0, from_env.stderr
+    assert s3_client.head_object(Bucket=bucket, Key="b.zip")["ContentLength"] > 0
+
+    # A bundle whose appspec names a missing script is not uploaded; every problem is listed.
+    (bundle / "scripts" / "after.sh").unlink()
+    broken = cli("publish", str(bundle), "--bucket", bucket, "--key", "c.zip", env=env)
+    assert broken.returncode == 1
+    assert "scripts/after.sh" in broken.stderr and "not published" in broken.stderr
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == ["a.zip", "b.zip"]
+    usage = cli("publish", str(bundle))
+    assert usage.returncode == 2 and "--bucket and --key" in usage.stderr
+
+
+# ------------------------------------------------------------------------------ terminal output
+
+
+def test_terminal_gets_tables_and_progress_bars_pipes_get_plain_text(
+    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str]
+) -> None:
+    bucket = make_bucket()
+    state_dir, dest = tmp_path / "state", tmp_path / "www"
+    config = web_config(tmp_path, seaweed, bucket)
+    args = ("-c", str(config), "--state-dir", str(state_dir))
+    bundle = make_bundle_dir(tmp_path / "bundle", dest)
+    (bundle / "app" / "blob.bin").write_bytes(os.urandom(5 * 2**20))  # incompressible: > 4 MiB zipped
+
+    code, shown = run_in_pty("publish", str(bundle), "-s", "Web", "-c", str(config))
+    assert code == 0, shown
+    assert "━" in shown and f"s3://{bucket}/{KEY}" in shown  # the upload's progress bar
+    code, shown = run_in_pty("deploy", "Web", *args)
+    assert code == 0, shown
+    assert "━" in shown and "MB" in shown  # the download's progress bar
+    for command in (("status",), ("history", "Web"), ("list",)):
+        code, shown = run_in_pty(*command, *args)
+        assert code == 0, shown
+        assert "│" in shown and "Web" in shown, command  # a rich table
+
+    # The same commands into a pipe: no bars, no boxes.
+    piped = cli("deploy", "Web", "--force", *args)
+    assert piped.returncode == 0, piped.stderr
+    assert not BOX_DRAWING & set(piped.stdout)
+    for command in (("status",), ("history", "Web"), ("list",)):
+        proc = cli(*command, *args)
+        assert proc.returncode == 0 and not BOX_DRAWING & set(proc.stdout), command
+    assert len(cli("list", *args).stdout.splitlines()) == 2
+
+
+# ------------------------------------------------------------------------------ shell completion
+
+
+def test_shell_completion_script_and_section_names(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "s3deploy"
+    assert exe.exists(), "the console script is installed with the project"
+    script = subprocess.run(
+        [str(exe), "--show-completion", "bash"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert script.returncode == 0 and "_S3DEPLOY_COMPLETE=complete_bash" in script.stdout
+    config = write_config(
+        tmp_path / "config.ini",
+        {n: {"s3_bucket": "b", "target_file_key": "k"} for n in ("Production", "Preview", "Staging")},
+    )
+
+    def complete(words: str) -> list[str]:
+        env = {
+            **os.environ,
+            "_S3DEPLOY_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split(" ")) - 1),
+            "S3DEPLOY_CONFIG": str(config),
+        }
+        proc = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=60, check=False)
+        return proc.stdout.split()
+
+    assert complete("s3deploy roll") == ["rollback"]
+    assert complete("s3deploy deploy P") == ["Production", "Preview"]
+    assert complete("s3deploy history ") == ["Production", "Preview", "Staging"]
