@@ -25,7 +25,7 @@ from s3deploy.metrics import Monitor
 from s3deploy.notify import Notifier
 from s3deploy.s3 import S3Pool
 from s3deploy.state import Deployment, StateStore
-from s3deploy.watcher import Agent, Watcher
+from s3deploy.watcher import Agent, Watcher, recover_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,7 @@ class Daemon:
         try:
             state = StateStore(self.state_dir / "state.db")
             try:
-                for dep in state.recover_interrupted():
-                    logger.warning(
-                        "[%s] deployment %s was running when the agent stopped: marked interrupted",
-                        dep.section,
-                        dep.id,
-                    )
+                recover_interrupted(state)  # logs each one; removes their partial release folders
                 self._monitor = Monitor(
                     state,
                     port=self.metrics_port,
@@ -253,8 +248,7 @@ async def run_once(config: Config, selection: Selection, state_dir: Path) -> lis
     try:
         state = StateStore(state_dir / "state.db")
         try:
-            for dep in state.recover_interrupted():
-                logger.warning("[%s] deployment %s was interrupted", dep.section, dep.id)
+            recover_interrupted(state)
             async with S3Pool() as pool:
                 agent = Agent(state_dir, state, pool, SectionLocks(state_dir))
                 groups = overlapping_groups(sections)

@@ -13,7 +13,7 @@ import fcntl
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -127,9 +127,26 @@ class InstanceLock:
         self.release()
 
 
+def destination_lock_modes(destinations: Iterable[Path | str]) -> dict[str, int]:
+    """The flocks that keep deployments into overlapping folders apart, by resolved path.
+
+    Hierarchical locking: each destination root exclusively, each of its ancestors shared. Two roots
+    that are equal or nested always meet on one path with at least one exclusive lock; two disjoint roots
+    (``/srv/a``, ``/srv/b``) only share ancestors, locked shared by both, so they deploy at once.
+    Symlinks are resolved, so ``/srv/www`` → ``/data/www`` overlaps ``/data``.
+    """
+    modes: dict[str, int] = {}
+    for destination in destinations:
+        root = Path(os.path.realpath(os.path.abspath(destination)))
+        modes[str(root)] = fcntl.LOCK_EX
+        for ancestor in root.parents:
+            modes.setdefault(str(ancestor), fcntl.LOCK_SH)
+    return modes
+
+
 class SectionLocks:
     """Per section: an asyncio.Lock (inside this process) + an flock on STATE_DIR/locks/<section>.lock
-    (across processes: daemon vs one-shot commands)."""
+    (across processes: daemon vs one-shot commands). Per destination folder: see ``hold_destinations``."""
 
     def __init__(self, state_dir: Path) -> None:
         self.lock_dir = Path(state_dir) / "locks"
@@ -161,31 +178,57 @@ class SectionLocks:
                 stack.callback(self._unflock, section)
             yield
 
+    def destination_lock_path(self, root: str) -> Path:
+        """The lock file standing for the folder ``root`` (any path maps to one short file name)."""
+        return self.lock_dir / "paths" / f"{hashlib.sha256(root.encode()).hexdigest()[:32]}.lock"
+
+    @asynccontextmanager
+    async def hold_destinations(
+        self, section: str, destinations: Iterable[Path | str], *, wait: bool
+    ) -> AsyncIterator[None]:
+        """Hold the folder locks of ``destinations`` (see destination_lock_modes) for the ``async with``.
+
+        Taken in sorted path order after the section locks, so no two deployers ever deadlock. Whichever
+        sections (of this daemon, of another config, a one-shot command) install into overlapping folders,
+        their lifecycles never run at the same time.
+        """
+        modes = destination_lock_modes(destinations)
+        async with contextlib.AsyncExitStack() as stack:
+            for root in sorted(modes):
+                what = f"[{section}] destination {root}"
+                fd = await self._acquire(self.destination_lock_path(root), modes[root], wait=wait, what=what)
+                stack.callback(os.close, fd)
+            yield
+
     async def _flock(self, section: str, *, wait: bool) -> int:
-        path = self.lock_path(section)
+        return await self._acquire(
+            self.lock_path(section), fcntl.LOCK_EX, wait=wait, what=f"section [{section}]"
+        )
+
+    async def _acquire(self, path: Path, operation: int, *, wait: bool, what: str) -> int:
         fd = _open_lock_file(path)
         try:
             loop = asyncio.get_running_loop()
             started = loop.time()
             delay = POLL_MIN_S
-            while not _try_flock(fd, path):
+            while not _try_flock(fd, path, operation):
                 if not wait and loop.time() - started >= BUSY_GRACE_S:
                     raise LockBusy(
-                        f"section [{section}] is being deployed by another s3deploy process "
+                        f"{what} is being deployed by another s3deploy process or section "
                         f"({_holder(path)}; lock file {path}); try again when it has finished"
                     )
                 if wait and delay == POLL_MIN_S:
-                    log.info("[%s] waiting for another s3deploy process (%s) to finish with this section",
-                             section, _holder(path))  # fmt: skip
+                    log.info("%s: waiting for another deployment (%s) to finish with it", what, _holder(path))
                 await asyncio.sleep(delay)
                 if wait:
                     delay = min(delay * 2, POLL_MAX_S)
         except BaseException:
             os.close(fd)
             raise
-        _write_pid(fd)
+        if operation == fcntl.LOCK_EX:
+            _write_pid(fd)
         waited = loop.time() - started
-        log.debug("[%s] section lock %s acquired after %.2fs", section, path, waited)
+        log.debug("%s: lock %s acquired after %.2fs", what, path, waited)
         return fd
 
     def _unflock(self, section: str) -> None:

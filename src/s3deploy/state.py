@@ -67,6 +67,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             last_error TEXT
         )""",
     ),
+    # 2: when Install completed, recorded the moment it does (ApplicationStop of the next deployment runs
+    # from the release whose Install last completed, even when the process died right after Install).
+    # transient: a DownloadBundle failure on an S3 error that may heal (5xx, reset, checksum mismatch in
+    # transit): unlike a bad bundle or a failing hook, the revision is tried again at the next poll.
+    (
+        "ALTER TABLE deployments ADD COLUMN install_completed_at TEXT",
+        "ALTER TABLE deployments ADD COLUMN transient INTEGER NOT NULL DEFAULT 0 CHECK (transient IN (0, 1))",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -116,6 +124,10 @@ class Deployment:
     log_path: str | None
     output_tail: str
     forced: bool
+    #: When Install finished (its files are on disk); None when the deployment never got that far.
+    install_completed_at: datetime | None = None
+    #: Failed in DownloadBundle on an S3 error that may heal: the watcher tries the revision again.
+    transient: bool = False
 
     @property
     def is_rollback(self) -> bool:
@@ -165,6 +177,7 @@ def _deployment(row: sqlite3.Row) -> Deployment:
         failed_event=row["failed_event"], error=row["error"], rollback_of=row["rollback_of"],
         restores=row["restores"], release_dir=row["release_dir"], log_path=row["log_path"],
         output_tail=row["output_tail"], forced=bool(row["forced"]),
+        install_completed_at=_parse_ts(row["install_completed_at"]), transient=bool(row["transient"]),
     )  # fmt: skip
 
 
@@ -312,7 +325,7 @@ class StateStore:
 
     def finish(
         self, deployment_id: str, status: str, *, failed_event: str | None = None,
-        error: str | None = None, output_tail: str = "",
+        error: str | None = None, output_tail: str = "", transient: bool = False,
     ) -> Deployment:  # fmt: skip
         """Record how a running deployment ended; ``output_tail`` keeps only its last few KB."""
         if status not in FINAL_STATUSES:
@@ -328,12 +341,25 @@ class StateStore:
                 )
             conn.execute(
                 "UPDATE deployments SET status = ?, finished_at = ?, failed_event = ?, error = ?,"
-                " output_tail = ? WHERE id = ?",
-                (status, _iso(self._now()), failed_event, error, _tail(output_tail), deployment_id),
-            )
+                " output_tail = ?, transient = ? WHERE id = ?",
+                (status, _iso(self._now()), failed_event, error, _tail(output_tail), int(transient),
+                 deployment_id),
+            )  # fmt: skip
             deployment = self._fetch(conn, deployment_id)
         assert deployment is not None
         return deployment
+
+    def mark_install_completed(self, deployment_id: str) -> None:
+        """Record that Install of a running deployment finished: its files are what is on disk now."""
+        with self._tx(write=True) as conn:
+            cursor = conn.execute(
+                "UPDATE deployments SET install_completed_at = ? WHERE id = ? AND status = 'running'",
+                (_iso(self._now()), deployment_id),
+            )
+            if cursor.rowcount == 0:
+                raise S3DeployError(
+                    f"deployment {deployment_id} is not running in the state database {self.path}"
+                )
 
     def get(self, deployment_id: str) -> Deployment | None:
         """The deployment with this id, or None."""

@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,7 +25,7 @@ from urllib.parse import quote
 from s3deploy.appspec import load_appspec
 from s3deploy.bundle import unpack
 from s3deploy.config import Section
-from s3deploy.errors import S3DeployError, SourceError
+from s3deploy.errors import RevisionChanged, S3DeployError, SourceError
 from s3deploy.locks import SectionLocks
 from s3deploy.log import SectionAdapter, section_logger
 from s3deploy.metrics import Observer
@@ -36,6 +36,8 @@ from s3deploy.state import Deployment, StateStore
 logger = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 4096
+#: GETs of one bundle within one deployment before it fails (each after botocore's own retries).
+DOWNLOAD_ATTEMPTS = 3
 
 
 @dataclass
@@ -52,6 +54,41 @@ class Agent:
     progress: Callable[[str, int], ProgressCallback | None] | None = None
     #: Told about polls and deployments (metrics, systemd STATUS).
     observer: Observer | None = None
+
+
+@dataclass(frozen=True)
+class _RecordingLifecycle(Lifecycle):
+    """The lifecycle, telling the state the moment Install has completed.
+
+    If the process dies in a later hook, the next deployment must still know whose files are on disk
+    (its ApplicationStop runs from that release) and recovery must keep that release folder.
+    """
+
+    on_install_completed: Callable[[], Awaitable[None]] | None = None
+
+    async def _install(self, result: LifecycleResult) -> None:
+        await super()._install(result)
+        if self.on_install_completed is not None:
+            await asyncio.shield(self.on_install_completed())
+
+
+def recover_interrupted(state: StateStore, sections: Sequence[str] | None = None) -> list[Deployment]:
+    """Mark deployments left running by a dead process ``interrupted`` and remove their partial releases.
+
+    Only safe under the locks that prove nobody runs them (the instance lock, or the section flocks).
+    A release folder whose Install never completed (a partial download or unpack, or a bundle never
+    installed) is deleted: nothing refers to it and the redeploy downloads the revision again.
+    """
+    recovered = state.recover_interrupted(sections)
+    for dep in recovered:
+        logger.warning(
+            "[%s] deployment %s was running when its process died: marked interrupted", dep.section, dep.id
+        )
+        if dep.release_dir and dep.install_completed_at is None:
+            shutil.rmtree(dep.release_dir, ignore_errors=True)
+            state.clear_release_dir(dep.id)
+            logger.info("[%s] removed the partial release folder of %s", dep.section, dep.id)
+    return recovered
 
 
 @dataclass(frozen=True)
@@ -81,6 +118,8 @@ def decide(
         return Decision(True, "the object changed")
     if last.status == "interrupted":
         return Decision(True, "the last deployment of this revision was interrupted")
+    if last.status == "failed" and last.failed_event == "DownloadBundle" and last.transient:
+        return Decision(True, f"the download in {last.id} failed on a transient S3 error: retrying")
     if last.status == "failed":
         return Decision(
             False, f"revision failed in {last.id}; not retried until the object changes (or --force)"
@@ -190,10 +229,7 @@ class Watcher:
                 return None
         async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
             # Holding the section's flock, nothing else deploys it: a "running" row is a dead process's.
-            for dep in await asyncio.to_thread(state.recover_interrupted, [sec.name]):
-                self.log.warning(
-                    "deployment %s was running when its process died: marked interrupted", dep.id
-                )
+            await asyncio.to_thread(recover_interrupted, state, [sec.name])
             # Another process (a one-shot `deploy`) may have deployed it while we waited for the lock.
             if not force and not (await self._decide(rev, quiet=True)).deploy:
                 return None
@@ -219,9 +255,6 @@ class Watcher:
 
     def _log_path(self, deployment_id: str) -> Path:
         return self.agent.state_dir / "logs" / self._dir_name / f"{deployment_id}.log"
-
-    def _installed_marker(self, deployment_id: str) -> Path:
-        return self.agent.state_dir / "logs" / self._dir_name / f"{deployment_id}.installed"
 
     @property
     def cleanup_list(self) -> Path:
@@ -271,7 +304,11 @@ class Watcher:
                 log.error("DownloadBundle failed: %s", e)
                 await asyncio.to_thread(shutil.rmtree, release_dir, True)
                 await asyncio.shield(asyncio.to_thread(state.clear_release_dir, dep_id))
-                return await self._finish(dep_id, "failed", sink, failed_event="DownloadBundle", error=str(e))
+                # S3 trouble, not a bad bundle: the revision is tried again at the next poll.
+                transient = isinstance(e, SourceError)
+                return await self._finish(
+                    dep_id, "failed", sink, failed_event="DownloadBundle", error=str(e), transient=transient
+                )
             previous = await self._installed_release()
             result = await self._lifecycle(release, previous, self._env(dep_id, rev), sink)
             if result.ok:
@@ -305,7 +342,23 @@ class Watcher:
         archive = release_dir / "bundle.download"
         started = time.monotonic()
         progress = self.agent.progress(rev.url, rev.size) if self.agent.progress else None
-        await self.agent.pool.download(rev, self.endpoint, archive, progress)
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                await self.agent.pool.download(rev, self.endpoint, archive, progress)
+                break
+            except SourceError as e:
+                # botocore retries failed requests, not a body cut or corrupted mid-way: a fresh GET does.
+                if not e.retryable or isinstance(e, RevisionChanged) or attempt == DOWNLOAD_ATTEMPTS:
+                    raise
+                delay = min(self.section.poll_interval_s, 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning(
+                    "DownloadBundle: attempt %d of %d failed, retrying in %.1fs: %s",
+                    attempt,
+                    DOWNLOAD_ATTEMPTS,
+                    delay,
+                    e,
+                )
+                await asyncio.sleep(delay)
         log.info("DownloadBundle: %d bytes in %.2fs", rev.size, time.monotonic() - started)
         started = time.monotonic()
         root = await asyncio.to_thread(
@@ -332,7 +385,11 @@ class Watcher:
         *,
         ignore_stop_failures: bool | None = None,
     ) -> LifecycleResult:
-        lifecycle = Lifecycle(
+        async def install_completed() -> None:
+            await asyncio.to_thread(self.agent.state.mark_install_completed, dep_id)
+
+        dep_id = env["DEPLOYMENT_ID"]
+        lifecycle = _RecordingLifecycle(
             section=self.section.name,
             release=release,
             previous=previous,
@@ -346,21 +403,36 @@ class Watcher:
             ),
             on_line=sink.line,
             log=sink.log,
+            on_install_completed=install_completed,
         )
         result = LifecycleResult()
         timeout = self.section.deployment_timeout_s
+        destinations = self._destinations(release, previous)
         try:
-            await asyncio.wait_for(lifecycle.run(result), timeout)
+            # Whatever section (or process) installs into an overlapping folder waits for this one.
+            # Always waits: the deployment is recorded already; the holder's own deployment_timeout bounds it.
+            async with self.agent.locks.hold_destinations(self.section.name, destinations, wait=True):
+                await asyncio.wait_for(lifecycle.run(result), timeout)
         except TimeoutError:
             result.failed_event = result.current_event or "BeforeInstall"
             result.error = (
                 f"deployment_timeout of {timeout:g}s reached during {result.failed_event}; hooks killed"
             )
             sink.log.error("%s", result.error)
-        if result.install_completed:
-            marker = self._installed_marker(release.deployment_id)
-            await asyncio.to_thread(marker.touch)
         return result
+
+    def _destinations(self, release: Release, previous: Release | None) -> list[Path]:
+        """The folders this lifecycle writes to: the new release's destinations and the previous one's
+        (its installed files are removed first)."""
+        roots: list[Path] = []
+        for rel in (release, previous):
+            if rel is None:
+                continue
+            if rel.spec.files:
+                roots += [Path(m.destination) for m in rel.spec.files]
+            elif self.section.destination is not None:
+                roots.append(self.section.destination)
+        return roots
 
     async def _finish(
         self,
@@ -370,6 +442,7 @@ class Watcher:
         *,
         failed_event: str | None = None,
         error: str | None = None,
+        transient: bool = False,
     ) -> Deployment:
         """Record the end of a deployment; shielded so a shutdown cannot lose it."""
         done = await asyncio.shield(
@@ -380,6 +453,7 @@ class Watcher:
                 failed_event=failed_event,
                 error=error,
                 output_tail=sink.text(),
+                transient=transient,
             )
         )
         if self.agent.observer is not None:
@@ -394,12 +468,12 @@ class Watcher:
     def _bundle_root(self, dep: Deployment) -> Path:
         return self._release_dir(dep.restores or dep.id) / "bundle"
 
-    def _install_completed(self, dep: Deployment) -> bool:
-        if dep.status == "succeeded":
+    @staticmethod
+    def _install_completed(dep: Deployment) -> bool:
+        if dep.status == "succeeded" or dep.install_completed_at is not None:
             return True
-        if dep.status == "failed" and dep.failed_event in POST_INSTALL_EVENTS[1:]:
-            return True
-        return self._installed_marker(dep.id).exists()
+        # Rows recorded before install_completed_at existed: a failure after Install implies it.
+        return dep.status == "failed" and dep.failed_event in POST_INSTALL_EVENTS[1:]
 
     async def _installed_release(self) -> Release | None:
         """The release whose Install last completed (its ApplicationStop knows how to stop what runs)."""
@@ -437,10 +511,7 @@ class Watcher:
         state = self.agent.state
         name = self.section.name
         async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
-            for dep in await asyncio.to_thread(state.recover_interrupted, [name]):
-                self.log.warning(
-                    "deployment %s was running when its process died: marked interrupted", dep.id
-                )
+            await asyncio.to_thread(recover_interrupted, state, [name])
             current = await asyncio.to_thread(state.current, name)
             history = await asyncio.to_thread(state.history, name, None)
             good = _rollback_target(name, current, history, to)
