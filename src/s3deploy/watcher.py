@@ -226,7 +226,7 @@ class Watcher:
         if not force:
             decision = await self._decide(rev)
             if not decision.deploy:
-                return None
+                return await self._resume_rollback()
         async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
             # Holding the section's flock, nothing else deploys it: a "running" row is a dead process's.
             await asyncio.to_thread(recover_interrupted, state, [sec.name])
@@ -234,6 +234,26 @@ class Watcher:
             if not force and not (await self._decide(rev, quiet=True)).deploy:
                 return None
             return await self._deploy(rev, forced=force)
+
+    async def _resume_rollback(self) -> Deployment | None:
+        """A rollback cut short (crash, shutdown) left the host between two releases: run it again."""
+        state = self.agent.state
+        last = await asyncio.to_thread(state.last_attempt, self.section.name)
+        if last is None or last.restores is None or last.status not in ("interrupted", "running"):
+            return None
+        async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
+            await asyncio.to_thread(recover_interrupted, state, [self.section.name])
+            last = await asyncio.to_thread(state.last_attempt, self.section.name)
+            if last is None or last.restores is None or last.status != "interrupted":
+                return None  # another process finished it while we waited for the lock
+            good = await asyncio.to_thread(state.get, last.restores)
+            if good is None:
+                return None
+            self.log.warning(
+                "rollback %s was interrupted: reinstalling the release of %s again", last.id, good.id
+            )
+            stop_from = await self._installed_release()
+            return await self.rollback_to(good, rollback_of=last.rollback_of, stop_from=stop_from)
 
     async def _decide(self, rev: Revision, *, quiet: bool = False) -> Decision:
         state = self.agent.state
