@@ -404,8 +404,13 @@ def test_terminal_gets_tables_and_progress_bars_pipes_get_plain_text(
 def test_shell_completion_script_and_section_names(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "s3deploy"
     assert exe.exists(), "the console script is installed with the project"
+    # typer detects the shell from the parent process: run it from bash, as a user would.
     script = subprocess.run(
-        [str(exe), "--show-completion", "bash"], capture_output=True, text=True, timeout=60, check=False
+        ["bash", "-c", f"'{exe}' --show-completion; exit $?"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert script.returncode == 0 and "_S3DEPLOY_COMPLETE=complete_bash" in script.stdout
     config = write_config(
