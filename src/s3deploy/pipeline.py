@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +76,9 @@ class Lifecycle:
     ignore_application_stop_failures: bool
     on_line: Callable[[str, str], None]
     log: logging.LoggerAdapter[logging.Logger]
+    #: Awaited (shielded) the moment Install has completed, before AfterInstall starts: if the process dies
+    #: in a later hook, the caller still knows whose files are on disk.
+    on_install_completed: Callable[[], Awaitable[None]] | None = None
 
     async def run(self, result: LifecycleResult | None = None) -> LifecycleResult:
         """Run every event in order; return at the first failure (with the event's name).
@@ -126,6 +129,8 @@ class Lifecycle:
         result.install_completed = True
         result.events_run.append("Install")
         self.log.info("Install: %d files in %.2fs", len(report.files), time.monotonic() - started)
+        if self.on_install_completed is not None:
+            await asyncio.shield(self.on_install_completed())
 
     async def _run_event(self, event: str, release: Release, result: LifecycleResult) -> None:
         scripts = release.spec.hooks.get(event, ())

@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -54,22 +54,6 @@ class Agent:
     progress: Callable[[str, int], ProgressCallback | None] | None = None
     #: Told about polls and deployments (metrics, systemd STATUS).
     observer: Observer | None = None
-
-
-@dataclass(frozen=True)
-class _RecordingLifecycle(Lifecycle):
-    """The lifecycle, telling the state the moment Install has completed.
-
-    If the process dies in a later hook, the next deployment must still know whose files are on disk
-    (its ApplicationStop runs from that release) and recovery must keep that release folder.
-    """
-
-    on_install_completed: Callable[[], Awaitable[None]] | None = None
-
-    async def _install(self, result: LifecycleResult) -> None:
-        await super()._install(result)
-        if self.on_install_completed is not None:
-            await asyncio.shield(self.on_install_completed())
 
 
 def recover_interrupted(state: StateStore, sections: Sequence[str] | None = None) -> list[Deployment]:
@@ -409,7 +393,7 @@ class Watcher:
             await asyncio.to_thread(self.agent.state.mark_install_completed, dep_id)
 
         dep_id = env["DEPLOYMENT_ID"]
-        lifecycle = _RecordingLifecycle(
+        lifecycle = Lifecycle(
             section=self.section.name,
             release=release,
             previous=previous,
