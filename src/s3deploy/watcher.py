@@ -36,6 +36,8 @@ from s3deploy.state import Deployment, StateStore
 logger = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 4096
+#: Longest wait between retries of a download that keeps failing on S3 errors.
+MAX_DOWNLOAD_BACKOFF_S = 900.0
 #: GETs of one bundle within one deployment before it fails (each after botocore's own retries).
 DOWNLOAD_ATTEMPTS = 3
 
@@ -80,6 +82,8 @@ class Decision:
     deploy: bool
     reason: str
     baseline: bool = False
+    #: A retry of a download that failed on an S3 error (it backs off, see Watcher.poll_once).
+    retry: bool = False
 
 
 def decide(
@@ -103,7 +107,8 @@ def decide(
     if last.status == "interrupted":
         return Decision(True, "the last deployment of this revision was interrupted")
     if last.status == "failed" and last.failed_event == "DownloadBundle" and last.transient:
-        return Decision(True, f"the download in {last.id} failed on a transient S3 error: retrying")
+        reason = f"the download in {last.id} failed on a transient S3 error: retrying"
+        return Decision(True, reason, retry=True)
     if last.status == "failed":
         return Decision(
             False, f"revision failed in {last.id}; not retried until the object changes (or --force)"
@@ -160,6 +165,10 @@ class Watcher:
         self.log = section_logger(logger, section.name)
         self._dir_name = quote(section.name, safe="")
         self.group_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3deploy:{section.name}"))
+        # Downloads failing on S3 errors while HEAD works: retried with exponential backoff, so a long
+        # GET-only outage adds a failed row every few minutes at most, not one per poll.
+        self._download_failures = 0
+        self._download_retry_at = 0.0
 
     # ------------------------------------------------------------------ polling
     async def run(self, stop: asyncio.Event) -> None:
@@ -211,13 +220,23 @@ class Watcher:
             decision = await self._decide(rev)
             if not decision.deploy:
                 return await self._resume_rollback()
+            if decision.retry and time.monotonic() < self._download_retry_at:
+                return None
         async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
             # Holding the section's flock, nothing else deploys it: a "running" row is a dead process's.
             await asyncio.to_thread(recover_interrupted, state, [sec.name])
             # Another process (a one-shot `deploy`) may have deployed it while we waited for the lock.
             if not force and not (await self._decide(rev, quiet=True)).deploy:
                 return None
-            return await self._deploy(rev, forced=force)
+            done = await self._deploy(rev, forced=force)
+        if done.transient:
+            self._download_failures += 1
+            backoff = min(sec.poll_interval_s * 2 ** (self._download_failures - 1), MAX_DOWNLOAD_BACKOFF_S)
+            self._download_retry_at = time.monotonic() + backoff
+            self.log.warning("download will be retried in %.0fs", backoff)
+        else:
+            self._download_failures = 0
+        return done
 
     async def _resume_rollback(self) -> Deployment | None:
         """A rollback cut short (crash, shutdown) left the host between two releases: run it again."""

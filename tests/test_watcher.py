@@ -1,0 +1,110 @@
+"""The watcher in-process: the detection rules, and download retries that back off (no sleeps needed)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3deploy.config import Section
+from s3deploy.locks import SectionLocks
+from s3deploy.s3 import Revision, S3Pool
+from s3deploy.state import Deployment, StateStore
+from s3deploy.watcher import Agent, Watcher, decide
+from tests.agent import appspec, zip_bytes
+from tests.s3server import Fault, FaultProxy
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+REV = Revision(bucket="b-1", key="k", etag="e1", last_modified=NOW, size=1)
+SECTION = Section(name="S", s3_bucket="b-1", target_file_key="k")
+
+
+def attempt(status: str, identity: str = REV.identity, **kw: Any) -> Deployment:
+    fields: dict[str, Any] = dict(
+        id="d-TEST00001",
+        section="S",
+        bucket="b-1",
+        key="k",
+        etag="e1",
+        version_id=None,
+        identity=identity,
+        status=status,
+        started_at=NOW,
+        finished_at=NOW,
+        failed_event=None,
+        error=None,
+        rollback_of=None,
+        restores=None,
+        release_dir=None,
+        log_path=None,
+        output_tail="",
+        forced=False,
+    )
+    fields.update(kw)
+    return Deployment(**fields)
+
+
+@pytest.mark.parametrize(
+    ("last", "baseline", "section", "deploy"),
+    [
+        (None, None, SECTION, True),  # a new host catches up
+        (None, None, replace(SECTION, last_fetch_time=NOW), False),  # legacy: already deployed
+        (None, None, replace(SECTION, last_fetch_time=NOW - timedelta(seconds=1)), True),  # newer upload
+        (None, REV.identity, SECTION, False),  # the recorded baseline
+        (attempt("succeeded"), None, SECTION, False),  # unchanged
+        (attempt("succeeded", identity="other"), None, SECTION, True),  # the object changed
+        (attempt("failed", failed_event="ValidateService"), None, SECTION, False),  # not retried
+        (attempt("failed", failed_event="DownloadBundle", transient=True), None, SECTION, True),
+        (attempt("failed", failed_event="DownloadBundle"), None, SECTION, False),  # a bad bundle
+        (attempt("interrupted"), None, SECTION, True),  # redeployed after a crash
+    ],
+)
+def test_decide(last: Deployment | None, baseline: str | None, section: Section, deploy: bool) -> None:
+    assert decide(REV, last, baseline, section).deploy is deploy
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[S3Pool]:
+    async with S3Pool() as p:
+        yield p
+
+
+async def test_download_failing_on_s3_errors_is_retried_with_backoff(
+    tmp_path: Path, fault_proxy: FaultProxy, make_bucket: Callable[..., str], s3_client: Any, pool: S3Pool
+) -> None:
+    bucket = make_bucket()
+    s3_client.put_object(
+        Bucket=bucket,
+        Key="k.zip",
+        Body=zip_bytes({"appspec.yml": appspec(tmp_path / "www", {}), "app/x": "x"}),
+    )
+    section = Section(
+        name="Web",
+        s3_bucket=bucket,
+        target_file_key="k.zip",
+        endpoint_url=fault_proxy.endpoint_url,
+        poll_interval_s=60,
+    )
+    state = StateStore(tmp_path / "state" / "state.db")
+    watcher = Watcher(section, Agent(tmp_path / "state", state, pool, SectionLocks(tmp_path / "state")))
+    fault_proxy.add(Fault("GET", 1000, status=503, code="ServiceUnavailable"))
+    try:
+        first = await watcher.poll_once()
+        assert first is not None and first.status == "failed" and first.failed_event == "DownloadBundle"
+        assert first.transient
+        # Polls inside the backoff window do not try again (no new failed row each poll).
+        for _ in range(5):
+            assert await watcher.poll_once() is None
+        assert len(state.history("Web")) == 1
+        # Once the window has passed (and S3 has healed) the same revision deploys.
+        fault_proxy.faults.clear()
+        watcher._download_retry_at = 0.0
+        done = await watcher.poll_once()
+        assert done is not None and done.status == "succeeded"
+        assert (tmp_path / "www" / "x").read_text() == "x"
+    finally:
+        state.close()
