@@ -11,40 +11,27 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from s3deploy import __version__
-from s3deploy.appspec import check_bundle
-from s3deploy.bundle import make_zip, unpack
 from s3deploy.config import DEFAULT_SECTION, Config, Section, find_config_path, load_config
 from s3deploy.daemon import Daemon, Selection, check, overlapping_groups, run_once
-from s3deploy.errors import BundleError, ConfigError, LockBusy, S3DeployError
+from s3deploy.errors import AppSpecError, ConfigError, LockBusy, S3DeployError
 from s3deploy.locks import SectionLocks
 from s3deploy.log import setup_logging
-from s3deploy.s3 import Endpoint, ProgressCallback, S3Pool
+from s3deploy.output import ProgressFactory, print_table, progress_bars
+from s3deploy.publish import check_path, publish_bundle
+from s3deploy.report import HISTORY_COLUMNS, STATUS_COLUMNS, history_row, section_status, status_row
+from s3deploy.s3 import Endpoint, S3Pool
 from s3deploy.state import Deployment, StateStore
 from s3deploy.watcher import Agent, Watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
-#: Transfers at least this big get a progress bar (when stdout is a terminal).
-PROGRESS_MIN_BYTES = 4 * 2**20
 
 app = typer.Typer(
     name="s3deploy",
@@ -95,67 +82,6 @@ def _complete_section(ctx: typer.Context, incomplete: str) -> list[str]:
 
 
 SectionArg = Annotated[str, typer.Argument(help="Section", autocompletion=_complete_section)]
-
-
-# ------------------------------------------------------------------------------ output helpers
-def _one_line(value: Any) -> str:
-    text = " ".join(str(value).split()) if value not in (None, "") else "-"
-    return text
-
-
-def _ts(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else "-"
-
-
-def _iso_ts(value: str | None) -> str:
-    return _ts(datetime.fromisoformat(value)) if value else "-"
-
-
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table on a terminal; else plain text: a header, one line per row, columns padded with two
-    spaces (every column but the last is a single word, "-" when empty), so scripts can split lines."""
-    cells = [[_one_line(v) for v in row] for row in rows]
-    if out.is_terminal:
-        table = Table(title=title)
-        for col in columns:
-            table.add_column(col.lower())
-        for row in cells:
-            table.add_row(*row)
-        out.print(table)
-        return
-    header = [c.upper().replace(" ", "_") for c in columns]
-    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(columns) - 1)]
-    for row in [header, *cells]:
-        print("  ".join([*(v.ljust(w) for v, w in zip(row, widths, strict=False)), row[-1]]).rstrip())
-
-
-@contextmanager
-def _progress_bars(enabled: bool) -> Iterator[Callable[[str, int], ProgressCallback | None] | None]:
-    """A factory of progress callbacks for transfers over PROGRESS_MIN_BYTES, when ``enabled``."""
-    if not enabled:
-        yield None
-        return
-    bars = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=out,
-    )
-
-    def factory(what: str, total: int) -> ProgressCallback | None:
-        if total < PROGRESS_MIN_BYTES:
-            return None
-        if not bars.live.is_started:
-            bars.start()
-        task = bars.add_task(what, total=total)
-        return lambda nbytes: bars.advance(task, nbytes)
-
-    try:
-        yield factory
-    finally:
-        bars.stop()
 
 
 def default_state_dir() -> Path:
@@ -329,7 +255,7 @@ def _print_sections(cfg: Config, *, as_json: bool) -> None:
         print(json.dumps(rows, indent=2))
         return
     columns = ("name", "bucket", "key", "profile", "endpoint")
-    _table(f"sections in {cfg.path}", columns, [[r[c] for c in columns] for r in rows])
+    print_table(out, f"sections in {cfg.path}", columns, [[r[c] for c in columns] for r in rows])
 
 
 @app.command("list")
@@ -339,39 +265,6 @@ def list_(json_: JsonOpt = False, config: ConfigOpt = None, state_dir: StateDirO
 
 
 # ------------------------------------------------------------------------------ status
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
-def section_status(store: StateStore, section: Section, state_dir: Path) -> dict[str, Any]:
-    """The SPEC's S object for one section (plus a few extra keys after the required ones)."""
-    current = store.current(section.name)
-    last = store.last_attempt(section.name)
-    record = store.get_section(section.name)
-    from urllib.parse import quote
-
-    releases = state_dir / "releases" / quote(section.name, safe="")
-    return {
-        "name": section.name,
-        "bucket": section.s3_bucket,
-        "key": section.target_file_key,
-        "state": store.section_state(section.name),
-        "current": current.to_json() if current else None,
-        "last": last.to_json() if last else None,
-        "suspended": record.suspended,
-        "last_poll_at": record.last_poll_at.isoformat() if record.last_poll_at else None,
-        "last_poll_error": record.last_error,
-        "releases_bytes": _dir_bytes(releases) if releases.is_dir() else 0,
-    }
-
-
 @app.command()
 def status(
     names: Annotated[
@@ -393,26 +286,7 @@ def status(
     if json_:
         print(json.dumps({"sections": rows}, indent=2))
         return
-    table = []
-    for r in rows:
-        cur, last = r["current"] or {}, r["last"] or {}
-        error = last.get("error") if last.get("status") != "succeeded" else None
-        if r["last_poll_error"]:
-            error = f"S3: {r['last_poll_error']}" + (f"; {error}" if error else "")
-        table.append(
-            [
-                r["name"],
-                r["state"],
-                "yes" if r["suspended"] else "no",
-                cur.get("restores") or cur.get("id"),
-                _iso_ts(cur.get("finished_at")),
-                last.get("id"),
-                last.get("status"),
-                error,
-            ]
-        )
-    columns = ("section", "state", "suspended", "installed", "since", "last", "result", "error")
-    _table("s3deploy status", columns, table)
+    print_table(out, "s3deploy status", STATUS_COLUMNS, [status_row(r) for r in rows])
 
 
 # ------------------------------------------------------------------------------ history
@@ -435,23 +309,7 @@ def history(
     if json_:
         print(json.dumps([d.to_json() for d in deps], indent=2))
         return
-    rows = []
-    for d in deps:
-        note = d.error or ""
-        if d.restores:
-            note = f"rollback of {d.rollback_of or '-'}, restores {d.restores}" + (
-                f": {note}" if note else ""
-            )
-        elif d.forced:
-            note = "forced" + (f": {note}" if note else "")
-        took = f"{(d.finished_at - d.started_at).total_seconds():.1f}s" if d.finished_at else None
-        revision = d.version_id or d.etag
-        rows.append([d.id, d.status, _ts(d.started_at), took, revision, d.failed_event, note])
-    _table(
-        f"history of [{name}]",
-        ("id", "status", "started", "took", "revision", "event", "note"),
-        rows,
-    )
+    print_table(out, f"history of [{name}]", HISTORY_COLUMNS, [history_row(d) for d in deps])
 
 
 # ------------------------------------------------------------------------------ deploy, rollback
@@ -459,7 +317,7 @@ async def _one_shot(
     section: Section,
     state_dir: Path,
     action: Callable[[Watcher], Coroutine[Any, Any, T]],
-    progress: Callable[[str, int], ProgressCallback | None] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> T:
     store = StateStore(state_dir / "state.db")
     try:
@@ -524,7 +382,7 @@ def deploy(
         w.lock_names = sorted({name, *groups[name]})
         return await check(w, force=force)
 
-    with _progress_bars(out.is_terminal and not json_) as progress:
+    with progress_bars(out, out.is_terminal and not json_) as progress:
         result = _arun(_one_shot(section, sdir, action, progress))
     if result.error:
         raise _fail(result.error, EXIT_FAILED)
@@ -606,20 +464,6 @@ def validate(
     print(f"{path}: OK")
 
 
-def check_path(path: Path) -> list[str]:
-    """Every problem of a bundle folder or archive (unpacked into a temporary folder first)."""
-    if not path.exists():
-        return [f"{path}: no such file or folder"]
-    if path.is_dir():
-        return check_bundle(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            root = unpack(path, Path(tmp) / "bundle", max_files=200_000, max_unpacked_bytes=10 * 2**30)
-        except BundleError as e:
-            return [str(e)]
-        return [p.replace(str(root), path.name) for p in check_bundle(root)]
-
-
 # ------------------------------------------------------------------------------ publish
 @app.command()
 def publish(
@@ -659,43 +503,24 @@ def publish(
         endpoint = Endpoint(profile_name, region, endpoint_url)
     else:
         raise _fail("publish needs -s SECTION, or --bucket and --key", EXIT_USAGE)
-    problems = check_bundle(directory) if directory.is_dir() else [f"{directory}: not a folder"]
-    if problems:
-        for problem in problems:
+    try:
+        with progress_bars(out, out.is_terminal and not json_ and not dry_run) as progress:
+            job = publish_bundle(directory, endpoint, bucket, key, dry_run=dry_run, progress=progress)
+            done = asyncio.run(job)
+    except AppSpecError as e:
+        for problem in e.problems:
             print(problem, file=sys.stderr)
-        raise _fail(f"{directory}: not published, {len(problems)} problem(s)", EXIT_FAILED)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "bundle.zip"
-        entries = _guard(lambda: make_zip(directory, archive))
-        size = archive.stat().st_size
-        summary: dict[str, Any] = {
-            "bucket": bucket, "key": key, "entries": entries, "size": size, "dry_run": dry_run,
-        }  # fmt: skip
-        if dry_run:
-            _print_published(summary, json_, f"{directory}: OK, {entries} entries, {size} bytes zipped "
-                             f"(dry run: not uploaded to s3://{bucket}/{key})")  # fmt: skip
-            return
-        with _progress_bars(out.is_terminal and not json_) as progress:
-            callback = progress(f"s3://{bucket}/{key}", size) if progress else None
-            rev = _arun(_upload(endpoint, bucket, key, archive, callback))
-    summary.update(etag=rev.etag, version_id=rev.version_id, last_modified=rev.last_modified.isoformat())
-    _print_published(
-        summary,
-        json_,
-        f"published s3://{bucket}/{key}: {entries} entries, {size} bytes, etag {rev.etag}"
-        + (f", version {rev.version_id}" if rev.version_id else ""),
-    )
-
-
-def _print_published(summary: dict[str, Any], as_json: bool, text: str) -> None:
-    print(json.dumps(summary, indent=2) if as_json else text)
-
-
-async def _upload(
-    endpoint: Endpoint, bucket: str, key: str, archive: Path, progress: ProgressCallback | None
-) -> Any:
-    async with S3Pool() as pool:
-        return await pool.upload(endpoint, bucket, key, archive, progress)
+        raise _fail(str(e), EXIT_FAILED) from None
+    except S3DeployError as e:
+        raise _fail(str(e), EXIT_FAILED) from None
+    if json_:
+        print(json.dumps(done.to_json(), indent=2))
+    elif dry_run:
+        print(f"{directory}: OK, {done.entries} entries, {done.size} bytes zipped "
+              f"(dry run: not uploaded to s3://{bucket}/{key})")  # fmt: skip
+    else:
+        print(f"published s3://{bucket}/{key}: {done.entries} entries, {done.size} bytes, etag {done.etag}"
+              + (f", version {done.version_id}" if done.version_id else ""))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ demo

@@ -1,0 +1,87 @@
+"""The publisher's side of a bundle: check a folder or archive, zip a folder and upload it."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from s3deploy.appspec import check_bundle
+from s3deploy.bundle import make_zip, unpack
+from s3deploy.errors import AppSpecError, BundleError
+from s3deploy.s3 import Endpoint, ProgressCallback, S3Pool
+
+#: Limits for `validate ARCHIVE`: the config defaults (no section applies).
+CHECK_MAX_FILES = 200_000
+CHECK_MAX_BYTES = 10 * 2**30
+
+
+def check_path(path: Path) -> list[str]:
+    """Every problem of a bundle folder or archive (an archive is unpacked into a temporary folder)."""
+    if not path.exists():
+        return [f"{path}: no such file or folder"]
+    if path.is_dir():
+        return check_bundle(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            root = unpack(
+                path, Path(tmp) / "bundle", max_files=CHECK_MAX_FILES, max_unpacked_bytes=CHECK_MAX_BYTES
+            )
+        except BundleError as e:
+            return [str(e)]
+        return [p.replace(str(root), path.name) for p in check_bundle(root)]
+
+
+def _check_folder(directory: Path) -> list[str]:
+    return check_bundle(directory) if directory.is_dir() else [f"{directory}: not a folder"]
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ``publish`` did (``etag`` and the rest stay empty on a dry run)."""
+
+    bucket: str
+    key: str
+    entries: int
+    size: int
+    dry_run: bool
+    etag: str | None = None
+    version_id: str | None = None
+    last_modified: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def publish_bundle(
+    directory: Path,
+    endpoint: Endpoint,
+    bucket: str,
+    key: str,
+    *,
+    dry_run: bool = False,
+    progress: Any = None,
+) -> Published:
+    """Validate ``directory``'s appspec, zip it (exec bits and symlinks kept) and upload it.
+
+    ``progress(what, total)`` may return a per-chunk callback for the upload. Raises AppSpecError
+    listing every problem when the folder is not a valid bundle.
+    """
+    problems = await asyncio.to_thread(_check_folder, directory)
+    if problems:
+        raise AppSpecError(f"{directory}: not published, {len(problems)} problem(s)", problems)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "bundle.zip"
+        entries = await asyncio.to_thread(make_zip, directory, archive)
+        size = (await asyncio.to_thread(archive.stat)).st_size
+        if dry_run:
+            return Published(bucket, key, entries, size, dry_run=True)
+        callback: ProgressCallback | None = progress(f"s3://{bucket}/{key}", size) if progress else None
+        async with S3Pool() as pool:
+            rev = await pool.upload(endpoint, bucket, key, archive, callback)
+    return Published(
+        bucket, key, entries, size, dry_run=False, etag=rev.etag, version_id=rev.version_id,
+        last_modified=rev.last_modified.isoformat(),
+    )  # fmt: skip
