@@ -108,3 +108,56 @@ async def test_download_failing_on_s3_errors_is_retried_with_backoff(
         assert (tmp_path / "www" / "x").read_text() == "x"
     finally:
         state.close()
+
+
+async def test_idle_polls_skip_the_database_but_see_other_processes_changes(
+    tmp_path: Path, seaweed: Any, make_bucket: Callable[..., str], s3_client: Any, pool: S3Pool
+) -> None:
+    bucket = make_bucket(versioned=True)
+
+    def upload(text: str) -> None:
+        s3_client.put_object(
+            Bucket=bucket,
+            Key="k.zip",
+            Body=zip_bytes({"appspec.yml": appspec(tmp_path / "www", {}), "app/x": text}),
+        )
+
+    upload("1")
+    section = Section(
+        name="Web", s3_bucket=bucket, target_file_key="k.zip", endpoint_url=seaweed.endpoint_url
+    )
+    state = StateStore(tmp_path / "state" / "state.db")
+    other = StateStore(tmp_path / "state" / "state.db")  # another process's connection (a CLI command)
+    agent = Agent(tmp_path / "state", state, pool, SectionLocks(tmp_path / "state"))
+    watcher = Watcher(section, agent)
+    reads = 0
+    get_section = state.get_section
+
+    def counting_get_section(name: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return get_section(name)
+
+    state.get_section = counting_get_section  # type: ignore[method-assign]
+    try:
+        assert (await watcher.poll_once()) is not None
+        assert await watcher.poll_once() is None  # unchanged: reads the state once more, then stays quiet
+        reads = 0
+        for _ in range(5):
+            assert await watcher.poll_once() is None
+        assert reads == 0
+
+        other.set_suspended("Web", True)  # `s3deploy suspend Web` while the daemon runs
+        agent._data_version_at = float("-inf")  # as if DATA_VERSION_TTL_S had passed
+        upload("2")
+        assert await watcher.poll_once() is None
+        assert reads > 0 and (tmp_path / "www" / "x").read_text() == "1"
+
+        other.set_suspended("Web", False)
+        agent._data_version_at = float("-inf")
+        done = await watcher.poll_once()
+        assert done is not None and done.status == "succeeded"
+        assert (tmp_path / "www" / "x").read_text() == "2"
+    finally:
+        state.close()
+        other.close()

@@ -200,6 +200,7 @@ class StateStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._writes = 0  # writes of this process that can change a deployment decision
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for writes, so two processes
@@ -253,7 +254,7 @@ class StateStore:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, write: bool, bookkeeping: bool = False) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -263,8 +264,24 @@ class StateStore:
                     self._conn.execute("ROLLBACK")
                     raise
                 self._conn.execute("COMMIT")
+                if write and not bookkeeping:
+                    self._writes += 1
             except sqlite3.Error as e:
                 raise S3DeployError(f"state database {self.path}: {e}") from e
+
+    def data_version(self) -> int:
+        """Moves when another process has committed a change (SQLite's PRAGMA data_version)."""
+        with self._lock:
+            try:
+                return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as e:
+                raise S3DeployError(f"state database {self.path}: {e}") from e
+
+    @property
+    def local_writes(self) -> int:
+        """How many writes this process made that can change a deployment decision (poll bookkeeping is
+        not counted). With :meth:`data_version`, lets an idle daemon skip re-reading unchanged sections."""
+        return self._writes
 
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
@@ -450,10 +467,10 @@ class StateStore:
             row = conn.execute("SELECT * FROM sections WHERE name = ?", (section,)).fetchone()
         return _section(row) if row is not None else SectionRecord(name=section)
 
-    def _upsert_section(self, section: str, **values: object) -> None:
+    def _upsert_section(self, section: str, *, bookkeeping: bool = False, **values: object) -> None:
         columns = ", ".join(values)
         updates = ", ".join(f"{column} = excluded.{column}" for column in values)
-        with self._tx(write=True) as conn:
+        with self._tx(write=True, bookkeeping=bookkeeping) as conn:
             conn.execute(
                 f"INSERT INTO sections (name, {columns}) VALUES (?{', ?' * len(values)})"
                 f" ON CONFLICT (name) DO UPDATE SET {updates}",
@@ -483,7 +500,9 @@ class StateStore:
         seen = identity if identity is not None else record.last_seen_identity
         if fresh and seen == record.last_seen_identity and error == record.last_error:
             return False
-        self._upsert_section(section, last_seen_identity=seen, last_poll_at=_iso(now), last_error=error)
+        self._upsert_section(
+            section, bookkeeping=True, last_seen_identity=seen, last_poll_at=_iso(now), last_error=error
+        )
         return True
 
     # ---- releases ----------------------------------------------------------------------------------

@@ -36,6 +36,10 @@ from s3deploy.state import Deployment, StateStore
 logger = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 4096
+#: How stale another process's state changes may be when an idle watcher decides it has nothing to do.
+DATA_VERSION_TTL_S = 1.0
+#: An idle watcher still records "last polled" this often (status shows it).
+POLL_RECORD_INTERVAL_S = 240.0
 #: Longest wait between retries of a download that keeps failing on S3 errors.
 MAX_DOWNLOAD_BACKOFF_S = 900.0
 #: GETs of one bundle within one deployment before it fails (each after botocore's own retries).
@@ -56,6 +60,19 @@ class Agent:
     progress: Callable[[str, int], ProgressCallback | None] | None = None
     #: Told about polls and deployments (metrics, systemd STATUS).
     observer: Observer | None = None
+    _data_version: int = -1
+    _data_version_at: float = float("-inf")
+
+    async def state_token(self) -> tuple[int, int]:
+        """Changes when another process or this one changed what deployment decisions read.
+
+        Another process's changes are noticed within DATA_VERSION_TTL_S: one database call per second
+        for the whole daemon instead of several per section and poll.
+        """
+        if time.monotonic() - self._data_version_at >= DATA_VERSION_TTL_S:
+            self._data_version_at = time.monotonic()
+            self._data_version = await asyncio.to_thread(self.state.data_version)
+        return self._data_version, self.state.local_writes
 
 
 def recover_interrupted(state: StateStore, sections: Sequence[str] | None = None) -> list[Deployment]:
@@ -169,6 +186,9 @@ class Watcher:
         # GET-only outage adds a failed row every few minutes at most, not one per poll.
         self._download_failures = 0
         self._download_retry_at = 0.0
+        # What the last quiet poll saw (identity, state token); a poll seeing the same skips the database.
+        self._quiet: tuple[str, tuple[int, int]] | None = None
+        self._quiet_until = 0.0
 
     # ------------------------------------------------------------------ polling
     async def run(self, stop: asyncio.Event) -> None:
@@ -181,6 +201,7 @@ class Watcher:
             try:
                 await self.poll_once()
             except SourceError as e:
+                self._quiet = None  # the next good poll records that S3 answers again
                 if self.agent.observer is not None:
                     self.agent.observer.polled(self.section.name, str(e))
                 failures += 1
@@ -210,16 +231,20 @@ class Watcher:
         """One check: HEAD (or a shared LIST), deploy if it changed. Returns the deployment made, if any."""
         sec = self.section
         rev = await self.agent.pool.poll(self.endpoint, sec.s3_bucket, sec.target_file_key)
+        if not force and self._quiet == (rev.identity, await self.agent.state_token()):
+            if time.monotonic() < self._quiet_until:
+                return None  # same object, same state: the same decision as last time
         state = self.agent.state
         await asyncio.to_thread(state.record_poll, sec.name, identity=rev.identity, error=None)
+        self._quiet = None
         record = await asyncio.to_thread(state.get_section, sec.name)
         if record.suspended and not force:
             self.log.debug("suspended: not deploying %s", rev.identity)
-            return None
+            return await self._stay_quiet(rev, None)
         if not force:
             decision = await self._decide(rev)
             if not decision.deploy:
-                return await self._resume_rollback()
+                return await self._stay_quiet(rev, await self._resume_rollback())
             if decision.retry and time.monotonic() < self._download_retry_at:
                 return None
         async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
@@ -236,6 +261,13 @@ class Watcher:
             self.log.warning("download will be retried in %.0fs", backoff)
         else:
             self._download_failures = 0
+        return done
+
+    async def _stay_quiet(self, rev: Revision, done: Deployment | None) -> Deployment | None:
+        """Remember a poll that had nothing to do, so the next identical one skips the database."""
+        if done is None:
+            self._quiet = (rev.identity, await self.agent.state_token())
+            self._quiet_until = time.monotonic() + POLL_RECORD_INTERVAL_S
         return done
 
     async def _resume_rollback(self) -> Deployment | None:
