@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from s3deploy import __version__
 from s3deploy.config import DEFAULT_SECTION, Config, Section, find_config_path, load_config
@@ -24,7 +23,7 @@ from s3deploy.daemon import Daemon, Selection, check, overlapping_groups, run_on
 from s3deploy.errors import AppSpecError, ConfigError, LockBusy, S3DeployError
 from s3deploy.locks import SectionLocks
 from s3deploy.log import setup_logging
-from s3deploy.output import ProgressFactory, print_table, progress_bars
+from s3deploy.output import ProgressFactory, print_error, print_table, progress_bars
 from s3deploy.publish import check_path, publish_bundle
 from s3deploy.report import HISTORY_COLUMNS, STATUS_COLUMNS, history_row, section_status, status_row
 from s3deploy.s3 import Endpoint, S3Pool
@@ -40,8 +39,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 ConfigOpt = Annotated[
@@ -93,9 +90,7 @@ def default_state_dir() -> Path:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True) if err.is_terminal else print(
-        f"error: {message}", file=sys.stderr
-    )
+    print_error(message)
     return typer.Exit(code)
 
 
@@ -255,7 +250,7 @@ def _print_sections(cfg: Config, *, as_json: bool) -> None:
         print(json.dumps(rows, indent=2))
         return
     columns = ("name", "bucket", "key", "profile", "endpoint")
-    print_table(out, f"sections in {cfg.path}", columns, [[r[c] for c in columns] for r in rows])
+    print_table(f"sections in {cfg.path}", columns, [[r[c] for c in columns] for r in rows])
 
 
 @app.command("list")
@@ -286,7 +281,7 @@ def status(
     if json_:
         print(json.dumps({"sections": rows}, indent=2))
         return
-    print_table(out, "s3deploy status", STATUS_COLUMNS, [status_row(r) for r in rows])
+    print_table("s3deploy status", STATUS_COLUMNS, [status_row(r) for r in rows])
 
 
 # ------------------------------------------------------------------------------ history
@@ -309,7 +304,7 @@ def history(
     if json_:
         print(json.dumps([d.to_json() for d in deps], indent=2))
         return
-    print_table(out, f"history of [{name}]", HISTORY_COLUMNS, [history_row(d) for d in deps])
+    print_table(f"history of [{name}]", HISTORY_COLUMNS, [history_row(d) for d in deps])
 
 
 # ------------------------------------------------------------------------------ deploy, rollback
@@ -382,7 +377,7 @@ def deploy(
         w.lock_names = sorted({name, *groups[name]})
         return await check(w, force=force)
 
-    with progress_bars(out, out.is_terminal and not json_) as progress:
+    with progress_bars(not json_) as progress:
         result = _arun(_one_shot(section, sdir, action, progress))
     if result.error:
         raise _fail(result.error, EXIT_FAILED)
@@ -504,7 +499,7 @@ def publish(
     else:
         raise _fail("publish needs -s SECTION, or --bucket and --key", EXIT_USAGE)
     try:
-        with progress_bars(out, out.is_terminal and not json_ and not dry_run) as progress:
+        with progress_bars(not json_ and not dry_run) as progress:
             job = publish_bundle(directory, endpoint, bucket, key, dry_run=dry_run, progress=progress)
             done = asyncio.run(job)
     except AppSpecError as e:
