@@ -1,6 +1,6 @@
 """The body of a pinned download: one GET for small objects, parallel ranged GETs for big ones.
 
-Big objects are split into ``PART_BYTES`` (32 MiB) ranges fetched by ``PARALLEL_PARTS`` (4) GETs, each
+Big objects are split into ``PART_BYTES`` (64 MiB) ranges fetched by ``PARALLEL_PARTS`` (4) GETs, each
 pinned like the whole download (VersionId, else If-Match on the ETag), so a range of another revision
 can never be mixed in. Each range is written at its offset with ``os.pwritev`` into a file preallocated
 to the object's size, from a worker thread, while the next blocks of the range are received.
@@ -37,7 +37,7 @@ from s3deploy.errors import SourceError
 #: Objects at least this big are fetched in parallel ranges; smaller ones in one GET.
 RANGED_MIN_BYTES = 48 * 2**20
 #: Size of each range.
-PART_BYTES = 32 * 2**20
+PART_BYTES = 64 * 2**20
 #: Ranges fetched at the same time.
 PARALLEL_PARTS = 4
 #: Bytes gathered from the socket before one write (and one checksum update) in a worker thread.
