@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 APPSPEC_HEADER = "version: 0.0\nos: linux\n"
 
@@ -160,3 +162,18 @@ class DaemonProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., DaemonProcess]]:
+    """Factory: ``daemons(config, state_dir, *run_args)`` starts ``s3deploy run``; all are stopped after."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, state_dir: Path, *args: str) -> DaemonProcess:
+        daemon = DaemonProcess(config, state_dir, state_dir.parent / f"daemon{len(started)}.log", *args)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()

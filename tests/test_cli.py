@@ -12,11 +12,9 @@ import struct
 import subprocess
 import sys
 import termios
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from s3deploy.seaweed import SeaweedServer, free_port
 from tests.agent import (
@@ -34,20 +32,6 @@ from tests.test_metrics import wait_for_polls
 
 KEY = "app/bundle.zip"
 BOX_DRAWING = {chr(c) for c in range(0x2500, 0x2580)}
-
-
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, state_dir: Path, *args: str) -> DaemonProcess:
-        daemon = DaemonProcess(config, state_dir, state_dir.parent / f"daemon{len(started)}.log", *args)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 def web_config(tmp_path: Path, seaweed: SeaweedServer, bucket: str, **extra: Any) -> Path:

@@ -531,20 +531,6 @@ def test_background_child_holding_stdout_does_not_hold_the_deployment(
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, state_dir: Path, *args: str) -> DaemonProcess:
-        daemon = DaemonProcess(config, state_dir, state_dir.parent / f"daemon{len(started)}.log", *args)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
-
-
 # ----------------------------------------------------------------------------- previous release stop
 def test_ignore_application_stop_failures_and_traffic_hooks(host: Host) -> None:
     """A failing ApplicationStop of the previous release fails the deployment before anything of the new

@@ -56,20 +56,6 @@ def stalling_proxy(seaweed: SeaweedServer) -> Iterator[StallingProxy]:
         proxy.stop()
 
 
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, state_dir: Path, *args: str) -> DaemonProcess:
-        daemon = DaemonProcess(config, state_dir, state_dir.parent / f"daemon{len(started)}.log", *args)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
-
-
 def keys(endpoint: str, bucket: str, **extra: Any) -> dict[str, Any]:
     return {
         "s3_bucket": bucket,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import http.client
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from s3deploy.metrics import Monitor, status_line, write_textfile
 from s3deploy.seaweed import SeaweedServer, free_port
@@ -75,20 +73,6 @@ def wait_for_polls(port: int, section: str, more: int = 2, timeout: float = 20) 
     """Wait until the daemon has made ``more`` complete checks of ``section`` after now."""
     start = polls(port, section)
     wait_until(lambda: polls(port, section) >= start + more, timeout=timeout, interval=0.1)
-
-
-@pytest.fixture
-def daemons() -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, state_dir: Path, *args: str) -> DaemonProcess:
-        daemon = DaemonProcess(config, state_dir, state_dir.parent / f"daemon{len(started)}.log", *args)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        daemon.stop()
 
 
 # ------------------------------------------------------------------------------ rendering
