@@ -177,3 +177,6 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for daemon in started:
         daemon.stop()
+        # Shown by pytest only when the test failed: what the daemon said, for the diagnosis.
+        print(f"--- {daemon.log_path.name} (last 80 lines) ---")
+        print("\n".join(daemon.output().splitlines()[-80:]))
