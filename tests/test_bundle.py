@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from s3deploy import bundle
-from s3deploy.bundle import detect_format, make_zip, unpack
+from s3deploy.bundle import detect_format, unpack
 from s3deploy.errors import BundleError
+from s3deploy.pack import make_zip
 
 BIG = 10**9
 

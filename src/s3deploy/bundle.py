@@ -1,18 +1,17 @@
-"""Safe unpacking of deployment bundles (zip, tar, tar.gz/bz2/xz) and zipping of bundle folders.
+"""Safe unpacking of deployment bundles (zip, tar, tar.gz/bz2/xz). Zipping a folder: see pack.py.
 
 A bundle comes from the network and is unpacked by an agent that usually runs as root, so every entry is
 checked before anything is written: no absolute paths, no ``..`` leaving the folder, no links pointing out,
 no devices or fifos, no writing through a symlink, bounded entry count and size. The standard zipfile module
 drops Unix modes and writes symlinks as regular files; both are handled here so exec bits and links survive.
 
-Synchronous on purpose: async callers wrap ``unpack``/``make_zip`` in ``asyncio.to_thread``.
+Synchronous on purpose: async callers wrap ``unpack`` in ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import struct
 import tarfile
@@ -36,7 +35,6 @@ _MAX_LINK_BYTES = 4096
 # Like the kernel's ELOOP limit: a chain of more links than this is refused as a loop.
 _MAX_LINK_HOPS = 40
 # Fixed timestamp in zips we make, so the same tree always gives byte-identical archives.
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, tarfile.TarError, NotImplementedError, OSError)
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # zip local file header: signature ... name and extra lengths
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -100,7 +98,7 @@ def _normalise(label: str, name: str) -> str:
     return "/".join(out)
 
 
-def _link_problem(link_path: str, target: str, links: dict[str, str]) -> str | None:
+def link_problem(link_path: str, target: str, links: dict[str, str]) -> str | None:
     """Why ``target`` (of the symlink at ``link_path``) leaves the root, or None if it stays inside.
 
     Resolves component by component through the other links of the same tree, so a chain like
@@ -187,7 +185,7 @@ class _Plan:
                 self._check_link(entry)
 
     def _check_link(self, entry: _Entry) -> None:
-        problem = _link_problem(entry.path, entry.target, self.links)
+        problem = link_problem(entry.path, entry.target, self.links)
         if problem:
             raise BundleError(f'{self.label}: entry "{entry.name}" is a symlink that {problem}')
 
@@ -556,84 +554,3 @@ def _bundle_root(dest: Path) -> Path:
         if any((inner / name).is_file() for name in APPSPEC_NAMES):
             return inner
     return dest
-
-
-@dataclass(slots=True)
-class _Source:
-    """One thing found in the folder make_zip archives."""
-
-    rel: str
-    full: str
-    kind: str  # "file" | "dir" | "symlink"
-    mode: int
-    target: str = ""
-
-
-def _scan(root: str, rel: str, skip: str, out: list[_Source]) -> None:
-    """Depth-first, names sorted: the same tree always lists in the same order."""
-    with os.scandir(f"{root}/{rel}" if rel else root) as it:
-        items = sorted(it, key=lambda d: d.name)
-    for item in items:
-        sub = f"{rel}/{item.name}" if rel else item.name
-        if item.path == skip:
-            continue  # the zip being written, when it is inside the folder
-        st = item.stat(follow_symlinks=False)
-        if stat.S_ISLNK(st.st_mode):
-            out.append(_Source(sub, item.path, "symlink", 0o777, os.readlink(item.path)))
-        elif stat.S_ISDIR(st.st_mode):
-            out.append(_Source(sub, item.path, "dir", stat.S_IMODE(st.st_mode)))
-            _scan(root, sub, skip, out)
-        elif stat.S_ISREG(st.st_mode):
-            out.append(_Source(sub, item.path, "file", stat.S_IMODE(st.st_mode)))
-        else:
-            raise BundleError(f"{item.path}: not a file, folder or symlink; a bundle cannot hold it")
-
-
-def make_zip(src_dir: Path, out_path: Path) -> int:
-    """Zip the contents of ``src_dir`` into ``out_path``; return the number of entries written.
-
-    Paths are relative and sorted, timestamps fixed: the same tree gives the same bytes. Unix modes (exec
-    bits) go into ``external_attr``, symlinks are stored as links (their content is the target) and folders
-    as entries, so ``unpack`` restores the tree exactly. A symlink pointing outside ``src_dir`` is refused.
-    """
-    root = os.path.realpath(src_dir)
-    if not os.path.isdir(root):
-        raise BundleError(f"{src_dir}: not a folder; cannot make a bundle from it")
-    skip = os.path.join(os.path.realpath(out_path.parent), out_path.name)
-    sources: list[_Source] = []
-    try:
-        _scan(root, "", skip, sources)
-    except OSError as e:
-        raise BundleError(f"{src_dir}: cannot read {e.filename or ''} ({e.strerror or e})") from e
-    links = {s.rel: s.target for s in sources if s.kind == "symlink"}
-    for rel, target in links.items():
-        problem = _link_problem(rel, target, links)
-        if problem:
-            raise BundleError(f"{src_dir}: symlink {rel} {problem}; bundles may only link inside themselves")
-    try:
-        with zipfile.ZipFile(out_path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for source in sources:
-                _write_source(zf, source)
-    except (OSError, UnicodeEncodeError) as e:
-        out_path.unlink(missing_ok=True)
-        raise BundleError(f"{out_path.name}: cannot write the zip of {src_dir} ({e})") from e
-    log.info("zipped %s into %s: %d entries", src_dir, out_path, len(sources))
-    return len(sources)
-
-
-def _write_source(zf: zipfile.ZipFile, source: _Source) -> None:
-    info = zipfile.ZipInfo(source.rel + "/" if source.kind == "dir" else source.rel, _ZIP_EPOCH)
-    info.create_system = 3  # Unix: readers (ours, unzip) then honour the mode bits
-    if source.kind == "dir":
-        info.external_attr = ((stat.S_IFDIR | source.mode) << 16) | 0x10  # 0x10: MS-DOS folder flag
-        zf.writestr(info, b"")
-    elif source.kind == "symlink":
-        info.external_attr = (stat.S_IFLNK | 0o777) << 16
-        zf.writestr(info, os.fsencode(source.target), zipfile.ZIP_STORED)
-    else:
-        info.external_attr = (stat.S_IFREG | source.mode) << 16
-        info.compress_type = zipfile.ZIP_DEFLATED
-        size = os.path.getsize(source.full)
-        info.file_size = size
-        with open(source.full, "rb") as src, zf.open(info, "w", force_zip64=size > 0x7FFF0000) as dst:
-            shutil.copyfileobj(src, dst, CHUNK_BYTES)

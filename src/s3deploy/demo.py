@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from s3deploy.appspec import check_bundle
-from s3deploy.bundle import make_zip
 from s3deploy.errors import S3DeployError
+from s3deploy.pack import make_zip
 from s3deploy.s3 import Endpoint, Revision, S3Pool
 from s3deploy.seaweed import SeaweedServer
 

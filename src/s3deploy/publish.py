@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from s3deploy.appspec import check_bundle
-from s3deploy.bundle import make_zip, unpack
+from s3deploy.bundle import unpack
 from s3deploy.errors import AppSpecError, BundleError
+from s3deploy.pack import make_zip
 from s3deploy.s3 import Endpoint, ProgressCallback, S3Pool
 
 #: Limits for `validate ARCHIVE`: the config defaults (no section applies).
