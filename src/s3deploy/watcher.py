@@ -15,16 +15,16 @@ import random
 import shutil
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 from urllib.parse import quote
 
 from s3deploy.appspec import load_appspec
 from s3deploy.bundle import unpack
 from s3deploy.config import Section
+from s3deploy.deploylog import OutputSink
+from s3deploy.detection import Decision, decide
 from s3deploy.errors import RevisionChanged, S3DeployError, SourceError
 from s3deploy.locks import SectionLocks
 from s3deploy.log import SectionAdapter, section_logger
@@ -35,7 +35,6 @@ from s3deploy.state import Deployment, StateStore
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_TAIL_BYTES = 4096
 #: How stale another process's state changes may be when an idle watcher decides it has nothing to do.
 DATA_VERSION_TTL_S = 1.0
 #: An idle watcher still records "last polled" this often (status shows it).
@@ -92,82 +91,6 @@ def recover_interrupted(state: StateStore, sections: Sequence[str] | None = None
             state.clear_release_dir(dep.id)
             logger.info("[%s] removed the partial release folder of %s", dep.section, dep.id)
     return recovered
-
-
-@dataclass(frozen=True)
-class Decision:
-    deploy: bool
-    reason: str
-    baseline: bool = False
-    #: A retry of a download that failed on an S3 error (it backs off, see Watcher.poll_once).
-    retry: bool = False
-
-
-def decide(
-    rev: Revision, last: Deployment | None, baseline_identity: str | None, section: Section
-) -> Decision:
-    """Whether ``rev`` must be deployed, given the newest non-rollback attempt and the recorded baseline."""
-    if last is None:
-        if baseline_identity == rev.identity:
-            return Decision(False, "unchanged since the legacy last_fetch_time baseline")
-        if (
-            baseline_identity is None
-            and section.last_fetch_time
-            and rev.last_modified <= section.last_fetch_time
-        ):
-            return Decision(
-                False, "not newer than last_fetch_time: recorded as already deployed", baseline=True
-            )
-        return Decision(True, "no deployment recorded for this section yet")
-    if last.identity != rev.identity:
-        return Decision(True, "the object changed")
-    if last.status == "interrupted":
-        return Decision(True, "the last deployment of this revision was interrupted")
-    if last.status == "failed" and last.failed_event == "DownloadBundle" and last.transient:
-        reason = f"the download in {last.id} failed on a transient S3 error: retrying"
-        return Decision(True, reason, retry=True)
-    if last.status == "failed":
-        return Decision(
-            False, f"revision failed in {last.id}; not retried until the object changes (or --force)"
-        )
-    if last.status == "running":
-        # Either another process deploys it now (we will wait for its lock) or it died mid-way
-        # (under the lock the row is marked interrupted). The check under the lock tells which.
-        return Decision(True, f"deployment {last.id} of this revision is marked running")
-    return Decision(False, "unchanged")
-
-
-@dataclass
-class OutputSink:
-    """Hook output: one log line each, the deployment's own log file, and a tail kept for the state."""
-
-    log: SectionAdapter
-    path: Path
-    tail: deque[str] = field(default_factory=deque)
-    _tail_bytes: int = 0
-    _file: IO[str] | None = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
-
-    def line(self, event: str, text: str) -> None:
-        self.log.info("%s: %s", event, text)
-        entry = f"{event}: {text}"
-        if self._file is not None:
-            self._file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {entry}\n")
-        self.tail.append(entry)
-        self._tail_bytes += len(entry) + 1
-        while self._tail_bytes > OUTPUT_TAIL_BYTES and len(self.tail) > 1:
-            self._tail_bytes -= len(self.tail.popleft()) + 1
-
-    def text(self) -> str:
-        return "\n".join(self.tail)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 class Watcher:
