@@ -3,9 +3,11 @@
 from tests.agent import daemons  # noqa: F401 - imported so pytest registers the fixture
 from tests.s3server import (  # noqa: F401 - imported so pytest registers the fixtures
     aws_env,
+    ep,
     fault_proxy,
     make_bucket,
     moto_server,
+    pool,
     s3_client,
     seaweed,
 )

@@ -7,6 +7,7 @@ Fixtures:
 - ``make_bucket(versioned=False) -> str``: a fresh bucket, emptied and deleted afterwards.
 - ``moto_server``: moto's ThreadedMotoServer on a free port (its endpoint URL), stopped afterwards.
 - ``fault_proxy``: a :class:`FaultProxy` in front of ``seaweed`` that fails requests on demand.
+- ``pool`` / ``ep``: an ``S3Pool`` for in-process tests and the ``Endpoint`` of ``seaweed``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import http.client
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +26,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from s3deploy.s3 import Endpoint, S3Pool
 from s3deploy.seaweed import SeaweedServer, free_port
 
 _AWS_VARS = (
@@ -275,3 +277,16 @@ def fault_proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[S3Pool]:
+    """An S3Pool for in-process tests, closed afterwards."""
+    async with S3Pool() as p:
+        yield p
+
+
+@pytest.fixture
+def ep(seaweed: SeaweedServer) -> Endpoint:
+    """The Endpoint of the session's SeaweedFS."""
+    return Endpoint(endpoint_url=seaweed.endpoint_url)

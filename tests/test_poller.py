@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,20 +11,8 @@ import pytest
 from s3deploy import poller
 from s3deploy.errors import SourceError
 from s3deploy.s3 import Endpoint, S3Pool
-from s3deploy.seaweed import SeaweedServer
 
 MakeBucket = Callable[..., str]
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[S3Pool]:
-    async with S3Pool() as p:
-        yield p
-
-
-@pytest.fixture
-def ep(seaweed: SeaweedServer) -> Endpoint:
-    return Endpoint(endpoint_url=seaweed.endpoint_url)
 
 
 async def _poll_all(pool: S3Pool, ep: Endpoint, bucket: str, keys: list[str]) -> list[Any]:

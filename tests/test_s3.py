@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,21 +16,10 @@ import pytest
 
 from s3deploy.errors import RevisionChanged, SourceError
 from s3deploy.s3 import Endpoint, Revision, S3Pool, translate_error
-from s3deploy.seaweed import SeaweedServer, free_port
+from s3deploy.seaweed import free_port
 from tests.s3server import Fault, FaultProxy, sync_client
 
 MakeBucket = Callable[..., str]
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[S3Pool]:
-    async with S3Pool() as p:
-        yield p
-
-
-@pytest.fixture
-def ep(seaweed: SeaweedServer) -> Endpoint:
-    return Endpoint(endpoint_url=seaweed.endpoint_url)
 
 
 def _md5(data: bytes) -> str:

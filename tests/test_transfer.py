@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ import pytest
 from s3deploy import transfer
 from s3deploy.errors import RevisionChanged, SourceError
 from s3deploy.s3 import Endpoint, S3Pool
-from s3deploy.seaweed import SeaweedServer
 from s3deploy.transfer import crc32_combine, split
 
 MakeBucket = Callable[..., str]
@@ -28,17 +27,6 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transfer, "PART_BYTES", PART)
     monkeypatch.setattr(transfer, "PARALLEL_PARTS", 3)
     monkeypatch.setattr(transfer, "WRITE_BYTES", 64 * 1024)
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[S3Pool]:
-    async with S3Pool() as p:
-        yield p
-
-
-@pytest.fixture
-def ep(seaweed: SeaweedServer) -> Endpoint:
-    return Endpoint(endpoint_url=seaweed.endpoint_url)
 
 
 def test_crc32_combine_matches_zlib_for_any_split() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,12 +66,6 @@ def attempt(status: str, identity: str = REV.identity, **kw: Any) -> Deployment:
 )
 def test_decide(last: Deployment | None, baseline: str | None, section: Section, deploy: bool) -> None:
     assert decide(REV, last, baseline, section).deploy is deploy
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[S3Pool]:
-    async with S3Pool() as p:
-        yield p
 
 
 async def test_download_failing_on_s3_errors_is_retried_with_backoff(
