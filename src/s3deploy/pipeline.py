@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from s3deploy.appspec import TRAFFIC_EVENTS, AppSpec, HookScript
@@ -56,7 +56,6 @@ class LifecycleResult:
     error: str | None = None
     current_event: str | None = None
     install_completed: bool = False
-    events_run: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -127,7 +126,6 @@ class Lifecycle:
             cleanup_list=self.cleanup_list,
         )
         result.install_completed = True
-        result.events_run.append("Install")
         self.log.info("Install: %d files in %.2fs", len(report.files), time.monotonic() - started)
         if self.on_install_completed is not None:
             await asyncio.shield(self.on_install_completed())
@@ -145,7 +143,6 @@ class Lifecycle:
         env["S3DEPLOY_BUNDLE_DIR"] = str(release.bundle_root)
         for script in scripts:
             await self._run_script(event, release, script, env)
-        result.events_run.append(event)
 
     async def _run_script(
         self, event: str, release: Release, script: HookScript, env: dict[str, str]
