@@ -333,3 +333,9 @@ def test_translate_error_maps_codes_and_names_the_object() -> None:
     assert "AWS (profile prod)" in str(expired) and "expired" in str(expired)
     assert translate_error(err("SlowDown", 503), "GET", ep, "b", "k").retryable
     assert translate_error(err("WeirdThing", 502), "GET", ep, "b", "k").retryable
+    # A HEAD error has no body: botocore reports the bare status as the code. Say what it usually is.
+    bare = translate_error(err("400", 400), "HEAD", ep, "b", "k")
+    assert "failed: 400: bad request, no detail" in str(bare) and "wrong region" in str(bare)
+    assert "SlowDown looks the same" in str(translate_error(err("503", 503), "HEAD", ep, "b", "k"))
+    # A GET does carry the body, so its own message is kept.
+    assert "bad request, no detail" not in str(translate_error(err("400", 400), "GET", ep, "b", "k"))

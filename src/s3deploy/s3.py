@@ -144,6 +144,16 @@ _CODE_ALIASES = {
     "500": "InternalError",
 }
 
+# A HEAD response has no body, so S3 cannot name its error: only the status arrives. Say what it
+# usually is instead of a bare "400: Bad Request".
+_HEAD_HINTS = {
+    "400": (
+        "bad request, no detail (a HEAD response has no body); the usual causes are expired "
+        "credentials (ExpiredToken) or the wrong region for this bucket"
+    ),
+    "503": "S3 is unavailable or throttling (SlowDown looks the same on a HEAD); retrying with backoff",
+}
+
 
 def translate_error(exc: BaseException, op: str, ep: Endpoint, bucket: str, key: str = "") -> SourceError:
     """Turn a botocore/aiohttp exception into a SourceError that names endpoint, bucket, key and a hint."""
@@ -158,6 +168,8 @@ def translate_error(exc: BaseException, op: str, ep: Endpoint, bucket: str, key:
                 f"{where}: object changed during download; will retry with the new revision"
             )
         hint, retryable = _HINTS.get(code, ("", status >= 500 or status in (0, 429)))
+        if op == "HEAD" and raw in _HEAD_HINTS:
+            hint = _HEAD_HINTS[raw]
         if not hint:
             hint = (
                 "server error; retrying with backoff"
