@@ -58,6 +58,7 @@ def test_seed_loads_with_exactly_its_values(tmp_path: Path) -> None:
     # defaults of everything the seed does not set
     s = cfg.sections["Settings"]
     assert (s.poll_interval_s, s.deployment_timeout_s, s.keep_revisions) == (60.0, 600.0, 5)
+    assert s.keep_history == 1000
     assert (s.auto_rollback, s.ignore_application_stop_failures) == (True, False)
     assert (s.max_files, s.max_unpacked_bytes) == (200_000, 10 * 1024**3)
     assert (s.region, s.endpoint_url, s.destination) == (None, None, None)
@@ -165,6 +166,8 @@ def test_bad_default_value_is_reported_once_under_default(tmp_path: Path) -> Non
         ("keep_revisions", "0"),
         ("keep_revisions", "2.5"),
         ("keep_revisions", "-1"),
+        ("keep_history", "0"),
+        ("keep_history", "all"),
         ("max_files", "0"),
         ("max_files", "many"),
         ("max_unpacked_bytes", "0"),
@@ -202,6 +205,7 @@ def test_bad_value_names_file_section_key_and_value(tmp_path: Path, key: str, va
         ("deployment_timeout", "90", "deployment_timeout_s", 90.0),
         ("destination", "/srv/app/", "destination", Path("/srv/app")),
         ("keep_revisions", "1", "keep_revisions", 1),
+        ("keep_history", "50", "keep_history", 50),
         ("max_files", "200_000", "max_files", 200_000),
         ("max_unpacked_bytes", "1024", "max_unpacked_bytes", 1024),
         ("max_unpacked_bytes", "512MiB", "max_unpacked_bytes", 512 * 1024**2),

@@ -300,7 +300,9 @@ def test_keep_revisions_prunes_old_releases_keeps_the_current_one_and_reports_di
     config = write_config(
         tmp_path / "config.ini",
         {
-            "Web": keys(seaweed.endpoint_url, bucket, keep_revisions=2, auto_rollback="false"),
+            "Web": keys(
+                seaweed.endpoint_url, bucket, keep_revisions=2, keep_history=4, auto_rollback="false"
+            ),
             "Other": other_section(tmp_path, seaweed, make_bucket, s3_client),
         },
     )
@@ -325,6 +327,9 @@ def test_keep_revisions_prunes_old_releases_keeps_the_current_one_and_reports_di
     assert st["current"]["id"] == good["id"]
     on_disk = sum(p.lstat().st_size for p in releases.rglob("*") if p.is_file() or p.is_symlink())
     assert st["releases_bytes"] == on_disk > 0
+    # keep_history=4: six deployments, the two oldest records (v1, v2) deleted with their log files.
+    assert len(deps) == 4 and deps[2]["id"] == good["id"] and deps[3]["status"] == "succeeded"
+    assert sorted(p.stem for p in (state_dir / "logs" / "Web").iterdir()) == sorted(d["id"] for d in deps)
     assert_other_deployed(config, state_dir, tmp_path)
 
     # A running deployment's folder is never pruned (what _prune asks the state for).

@@ -354,6 +354,35 @@ def test_prune_treats_a_shared_folder_as_one_release(store: StateStore, tmp_path
     assert again.release_dir == first.release_dir
 
 
+def test_trim_history_keeps_the_newest_and_everything_detection_and_references_need(
+    store: StateStore, tmp_path: Path
+) -> None:
+    other = deploy(store, "succeeded", section="Staging", identity="s1")
+    good = deploy(store, "succeeded", identity="v1", log_path="v1.log")  # current: nothing newer succeeds
+    olds = [deploy(store, "failed", identity=f"old{i}", log_path=f"old{i}.log") for i in range(3)]
+    failed = deploy(store, "failed", identity="v2", release_dir=_release(tmp_path, "2"))
+    # The newest attempt of a revision from S3 is failed v3; a rollback (of v3, restoring v1) and a manual
+    # rollback come after it. Detection compares S3 with v3: it must survive keep=1.
+    attempt = deploy(store, "failed", identity="v3")
+    rb = deploy(store, "succeeded", identity="v1", rollback_of=attempt.id, restores=good.id)
+    manual = deploy(store, "failed", identity="v1", restores=rb.id)
+    running = start(store, identity="v1", restores=good.id)
+    # keep=2 (the running one and the manual rollback), plus current (rb), the newest attempt (v3), the
+    # release on disk (v2), and what kept ones reference (good via restores).
+    trimmed = store.trim_history("Production", keep=2)
+    assert trimmed == [(d.id, d.log_path) for d in reversed(olds)]
+    left = [d.id for d in store.history("Production")]
+    assert left == [running.id, manual.id, rb.id, attempt.id, failed.id, good.id]
+    assert store.last_revision_attempt("Production").id == attempt.id  # type: ignore[union-attr]
+    assert store.current("Production").id == rb.id  # type: ignore[union-attr]
+    assert [d.id for d in store.history("Staging")] == [other.id]  # other sections untouched
+    assert store.trim_history("Production", keep=2) == []  # nothing more to trim
+    assert store.trim_history("Production", keep=10) == []
+    # Once its release folder is gone, v2 is just an old record.
+    store.clear_release_dir(failed.id)
+    assert [d for d, _ in store.trim_history("Production", keep=2)] == [failed.id]
+
+
 # ---- concurrency ---------------------------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ class Section:
     deployment_timeout_s: float = 600.0
     destination: Path | None = None
     keep_revisions: int = 5
+    keep_history: int = 1000
     auto_rollback: bool = True
     ignore_application_stop_failures: bool = False
     max_files: int = 200_000
@@ -480,6 +481,7 @@ _KEYS: dict[str, _Key] = {
     "deployment_timeout": _Key("deployment_timeout_s", _parse_duration, _SECONDS),
     "destination": _Key("destination", _parse_destination, "an absolute path (e.g. /srv/app)"),
     "keep_revisions": _Key("keep_revisions", _parse_count, "a whole number >= 1"),
+    "keep_history": _Key("keep_history", _parse_count, "a whole number >= 1"),
     "auto_rollback": _Key("auto_rollback", _parse_bool, _BOOL),
     "ignore_application_stop_failures": _Key("ignore_application_stop_failures", _parse_bool, _BOOL),
     "max_files": _Key("max_files", _parse_count, "a whole number >= 1"),

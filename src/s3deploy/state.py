@@ -531,6 +531,38 @@ class StateStore:
                 kept.add(d.release_dir)
         return [d for d in with_dir if d.release_dir not in kept]
 
+    def trim_history(self, section: str, keep: int) -> list[tuple[str, str | None]]:
+        """Delete ``section``'s deployment records beyond the ``keep`` newest; return (id, log_path) of each.
+
+        Kept whatever ``keep`` says: the current deployment, running ones, the newest attempt of a
+        revision from S3 (detection compares with it), those whose release folder is still recorded, and
+        every deployment a kept one is a rollback of or restores (so no reference dangles).
+        """
+        with self._tx(write=True) as conn:
+            rows = conn.execute(
+                "SELECT id, status, release_dir, rollback_of, restores, log_path FROM deployments"
+                " WHERE section = ? ORDER BY seq DESC",
+                (section,),
+            ).fetchall()
+            if len(rows) <= keep:
+                return []
+            kept = {r["id"] for r in rows[:keep]}
+            kept |= {r["id"] for r in rows if r["release_dir"] or r["status"] == "running"}
+            current = next((r for r in rows if r["status"] == "succeeded"), None)
+            attempt = next((r for r in rows if r["rollback_of"] is None and r["restores"] is None), None)
+            kept |= {r["id"] for r in (current, attempt) if r is not None}
+            by_id = {r["id"]: r for r in rows}
+            todo = list(kept)
+            while todo:
+                row = by_id.get(todo.pop())
+                for ref in (row["rollback_of"], row["restores"]) if row else ():
+                    if ref and ref not in kept:
+                        kept.add(ref)
+                        todo.append(ref)
+            doomed = [(r["id"], r["log_path"]) for r in rows if r["id"] not in kept]
+            conn.executemany("DELETE FROM deployments WHERE id = ?", [(d,) for d, _ in doomed])
+        return doomed
+
     def clear_release_dir(self, deployment_id: str) -> None:
         """Forget a deployment's release folder once it has been deleted."""
         with self._tx(write=True) as conn:

@@ -552,7 +552,7 @@ class Watcher:
             sink.close()
 
     async def _prune(self) -> None:
-        """Delete release folders beyond keep_revisions (the current release is always kept)."""
+        """Delete release folders beyond keep_revisions, and records and logs beyond keep_history."""
         state = self.agent.state
         doomed = await asyncio.to_thread(
             state.releases_to_prune, self.section.name, self.section.keep_revisions
@@ -562,6 +562,17 @@ class Watcher:
                 await asyncio.to_thread(shutil.rmtree, dep.release_dir, True)
             await asyncio.to_thread(state.clear_release_dir, dep.id)
             self.log.debug("pruned release %s", dep.id)
+        trimmed = await asyncio.to_thread(state.trim_history, self.section.name, self.section.keep_history)
+        if trimmed:
+            await asyncio.to_thread(_delete_logs, self.agent.state_dir / "logs", trimmed)
+            self.log.info("history: %d old deployment record(s) deleted (keep_history)", len(trimmed))
+
+
+def _delete_logs(logs: Path, trimmed: list[tuple[str, str | None]]) -> None:
+    """Delete the log files of deleted deployment records (only ever inside the state's logs folder)."""
+    for _, log_path in trimmed:
+        if log_path and Path(log_path).is_relative_to(logs):
+            Path(log_path).unlink(missing_ok=True)
 
 
 def _rollback_target(
