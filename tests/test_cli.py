@@ -13,8 +13,11 @@ import subprocess
 import sys
 import termios
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from s3deploy.seaweed import SeaweedServer, free_port
 from tests.agent import (
@@ -57,6 +60,68 @@ def last_status(config: Path, state_dir: Path) -> str | None:
     return last["status"] if last else None
 
 
+@dataclass
+class Web:
+    """One section "Web" on a versioned bucket, its config.ini and the daemon serving it."""
+
+    bucket: str
+    config: Path
+    state_dir: Path
+    dest: Path
+    s3: Any
+    daemon: DaemonProcess | None = None
+    port: int | None = None  # the daemon's --metrics-port, when asked for
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return ("-c", str(self.config), "--state-dir", str(self.state_dir))
+
+    def put(self, tag: str, **kw: Any) -> None:
+        """Upload web_bundle(dest, tag, **kw) as the section's object."""
+        self.s3.put_object(Bucket=self.bucket, Key=KEY, Body=web_bundle(self.dest, tag, **kw))
+
+    def last_status(self) -> str | None:
+        return last_status(self.config, self.state_dir)
+
+    def history(self) -> list[dict[str, Any]]:
+        return history(self.config, self.state_dir, "Web")
+
+    def wait_succeeded(self) -> None:
+        wait_until(lambda: self.last_status() == "succeeded", timeout=30)
+
+
+@pytest.fixture
+def web(
+    tmp_path: Path,
+    seaweed: SeaweedServer,
+    make_bucket: Callable[..., str],
+    s3_client: Any,
+    daemons: Callable[..., DaemonProcess],
+) -> Callable[..., Web]:
+    """``web(first=None, *, metrics=False, gate=None, **keys)``: upload ``first`` (a tag for web_bundle),
+    start the daemon (with ``--metrics-port`` when ``metrics``) and return the Web it serves."""
+
+    def start(
+        first: str | None = None, *, metrics: bool = False, gate: Path | None = None, **keys: Any
+    ) -> Web:
+        bucket = make_bucket(versioned=True)
+        site = Web(
+            bucket,
+            web_config(tmp_path, seaweed, bucket, **keys),
+            tmp_path / "state",
+            tmp_path / "www",
+            s3_client,
+        )
+        if first is not None:
+            site.put(first, gate=gate)
+        site.port = free_port() if metrics else None
+        extra = ("--metrics-port", str(site.port)) if site.port else ()
+        site.daemon = daemons(site.config, site.state_dir, "--all", *extra)
+        return site
+
+    return start
+
+
 def run_in_pty(*args: str, env: Mapping[str, str] | None = None, timeout: float = 90) -> tuple[int, str]:
     """Run ``python -m s3deploy ARGS`` with stdout on a 120x40 pseudo-terminal; (exit code, stdout)."""
     master, slave = pty.openpty()
@@ -92,22 +157,14 @@ def run_in_pty(*args: str, env: Mapping[str, str] | None = None, timeout: float 
 
 
 def test_deploy_while_the_daemon_runs_nothing_new_force_and_failed_revisions(
-    tmp_path: Path,
-    seaweed: SeaweedServer,
-    make_bucket: Callable[..., str],
-    s3_client: Any,
-    daemons: Callable[..., DaemonProcess],
+    web: Callable[..., Web],
 ) -> None:
-    bucket = make_bucket(versioned=True)
-    state_dir, dest = tmp_path / "state", tmp_path / "www"
     # A long poll interval: the daemon checks at start only, the rest is the `deploy` command's work.
-    config = web_config(tmp_path, seaweed, bucket, poll_interval=300, auto_rollback="false")
-    args = ("-c", str(config), "--state-dir", str(state_dir))
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1"))
-    daemon = daemons(config, state_dir, "--all")
-    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+    site = web("v1", poll_interval=300, auto_rollback="false")
+    site.wait_succeeded()
+    dest, args = site.dest, site.args
 
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v2"))
+    site.put("v2")
     deployed = cli("deploy", "Web", *args)
     assert deployed.returncode == 0, deployed.stderr
     assert deployed.stdout.startswith("Web: d-") and "succeeded" in deployed.stdout
@@ -116,15 +173,15 @@ def test_deploy_while_the_daemon_runs_nothing_new_force_and_failed_revisions(
     unchanged = cli("deploy", "Web", *args)
     assert unchanged.returncode == 0, unchanged.stderr
     assert "nothing new to deploy" in unchanged.stdout
-    assert len(history(config, state_dir, "Web")) == 2
+    assert len(site.history()) == 2
 
     forced = cli("deploy", "Web", "--force", "--json", *args)
     assert forced.returncode == 0, forced.stderr
     dep = json.loads(forced.stdout)
     assert dep["status"] == "succeeded" and dep["section"] == "Web"
-    assert [d["id"] for d in history(config, state_dir, "Web")][0] == dep["id"]
+    assert [d["id"] for d in site.history()][0] == dep["id"]
 
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v3", fail=True))
+    site.put("v3", fail=True)
     failed = cli("deploy", "Web", *args)
     assert failed.returncode == 1
     assert "failed in ValidateService" in failed.stdout
@@ -133,25 +190,18 @@ def test_deploy_while_the_daemon_runs_nothing_new_force_and_failed_revisions(
     assert json.loads(again.stdout)["deployment"] is None  # a failed revision is not retried ...
     retried = cli("deploy", "Web", "--force", *args)
     assert retried.returncode == 1  # ... unless forced
-    deps = history(config, state_dir, "Web")
+    deps = site.history()
     assert [d["status"] for d in deps] == ["failed", "failed", "succeeded", "succeeded", "succeeded"]
-    assert daemon.proc.poll() is None
+    assert site.daemon and site.daemon.proc.poll() is None
 
 
 def test_commands_exit_3_while_the_daemon_deploys_the_section(
-    tmp_path: Path,
-    seaweed: SeaweedServer,
-    make_bucket: Callable[..., str],
-    s3_client: Any,
-    daemons: Callable[..., DaemonProcess],
+    tmp_path: Path, web: Callable[..., Web]
 ) -> None:
-    bucket = make_bucket(versioned=True)
-    state_dir, dest, gate = tmp_path / "state", tmp_path / "www", tmp_path / "gate"
-    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
-    args = ("-c", str(config), "--state-dir", str(state_dir))
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1", gate=gate))
-    daemons(config, state_dir, "--all")
-    wait_until(lambda: (dest / "index.html").exists(), timeout=30)  # AfterInstall is waiting now
+    gate = tmp_path / "gate"
+    site = web("v1", gate=gate, poll_interval=0.2)
+    config, state_dir, args = site.config, site.state_dir, site.args
+    wait_until(lambda: (site.dest / "index.html").exists(), timeout=30)  # AfterInstall is waiting now
 
     for command in (("deploy", "Web"), ("deploy", "Web", "--force"), ("rollback", "Web")):
         proc = cli(*command, *args)
@@ -160,34 +210,21 @@ def test_commands_exit_3_while_the_daemon_deploys_the_section(
     assert status(config, state_dir)["Web"]["state"] == "deploying"
 
     gate.touch()
-    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+    site.wait_succeeded()
     assert cli("deploy", "Web", *args).returncode == 0
 
 
 # ------------------------------------------------------------------------------ rollback, history
 
 
-def test_rollback_and_rollback_to_while_the_daemon_runs_and_history(
-    tmp_path: Path,
-    seaweed: SeaweedServer,
-    make_bucket: Callable[..., str],
-    s3_client: Any,
-    daemons: Callable[..., DaemonProcess],
-) -> None:
-    bucket = make_bucket(versioned=True)
-    state_dir, dest = tmp_path / "state", tmp_path / "www"
-    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
-    args = ("-c", str(config), "--state-dir", str(state_dir))
-    port = free_port()
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1"))
-    daemons(config, state_dir, "--all", "--metrics-port", str(port))
-    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v2"))
-    wait_until(
-        lambda: len(history(config, state_dir, "Web")) == 2 and last_status(config, state_dir), timeout=30
-    )
-    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
-    v2_id, v1_id = (d["id"] for d in history(config, state_dir, "Web"))
+def test_rollback_and_rollback_to_while_the_daemon_runs_and_history(web: Callable[..., Web]) -> None:
+    site = web("v1", metrics=True, poll_interval=0.2)
+    config, state_dir, dest, args, port = site.config, site.state_dir, site.dest, site.args, site.port
+    site.wait_succeeded()
+    site.put("v2")
+    wait_until(lambda: len(site.history()) == 2 and site.last_status(), timeout=30)
+    site.wait_succeeded()
+    v2_id, v1_id = (d["id"] for d in site.history())
     assert (dest / "index.html").read_text() == "v2"
 
     back = cli("rollback", "Web", "--json", *args)
@@ -197,7 +234,7 @@ def test_rollback_and_rollback_to_while_the_daemon_runs_and_history(
     assert (dest / "index.html").read_text() == "v1"
     # The daemon keeps polling and does not redeploy v2, which is still the object in S3.
     wait_for_polls(port, "Web", more=3)
-    assert len(history(config, state_dir, "Web")) == 3
+    assert len(site.history()) == 3
     assert (dest / "index.html").read_text() == "v1"
     st = status(config, state_dir)["Web"]
     assert st["state"] == "idle" and st["current"]["id"] == rolled["id"]
@@ -222,7 +259,7 @@ def test_rollback_and_rollback_to_while_the_daemon_runs_and_history(
     lines = plain.stdout.splitlines()
     assert not BOX_DRAWING & set(plain.stdout)
     assert lines[0].split() == ["ID", "STATUS", "STARTED", "TOOK", "REVISION", "EVENT", "NOTE"]
-    assert [line.split()[0] for line in lines[1:]] == [d["id"] for d in history(config, state_dir, "Web")]
+    assert [line.split()[0] for line in lines[1:]] == [d["id"] for d in site.history()]
     assert lines[1].split()[1] == "succeeded" and f"restores {v2_id}" in lines[1]
     assert len(cli("history", "Web", "-n", "1", *args).stdout.splitlines()) == 2
 
@@ -230,27 +267,16 @@ def test_rollback_and_rollback_to_while_the_daemon_runs_and_history(
 # ------------------------------------------------------------------------------ suspend, resume
 
 
-def test_suspended_section_is_watched_but_not_deployed_until_resumed(
-    tmp_path: Path,
-    seaweed: SeaweedServer,
-    make_bucket: Callable[..., str],
-    s3_client: Any,
-    daemons: Callable[..., DaemonProcess],
-) -> None:
-    bucket = make_bucket(versioned=True)
-    state_dir, dest = tmp_path / "state", tmp_path / "www"
-    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
-    args = ("-c", str(config), "--state-dir", str(state_dir))
-    port = free_port()
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v1"))
-    daemons(config, state_dir, "--all", "--metrics-port", str(port))
-    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
+def test_suspended_section_is_watched_but_not_deployed_until_resumed(web: Callable[..., Web]) -> None:
+    site = web("v1", metrics=True, poll_interval=0.2)
+    config, state_dir, dest, args, port = site.config, site.state_dir, site.dest, site.args, site.port
+    site.wait_succeeded()
 
     suspended = cli("suspend", "Web", *args)
     assert suspended.returncode == 0 and "suspended" in suspended.stdout
-    s3_client.put_object(Bucket=bucket, Key=KEY, Body=web_bundle(dest, "v2"))
+    site.put("v2")
     wait_for_polls(port, "Web", more=3)  # the daemon keeps checking ...
-    assert len(history(config, state_dir, "Web")) == 1  # ... but does not deploy
+    assert len(site.history()) == 1  # ... but does not deploy
     assert (dest / "index.html").read_text() == "v1"
     st = status(config, state_dir)["Web"]
     assert st["suspended"] is True
@@ -259,7 +285,7 @@ def test_suspended_section_is_watched_but_not_deployed_until_resumed(
     assert plain[1].split()[:3] == ["Web", "idle", "yes"]
     refused = cli("deploy", "Web", *args)
     assert refused.returncode == 0 and "suspended" in refused.stdout
-    assert len(history(config, state_dir, "Web")) == 1
+    assert len(site.history()) == 1
 
     resumed = cli("resume", "Web", *args)
     assert resumed.returncode == 0 and "resumed" in resumed.stdout
@@ -286,17 +312,11 @@ def make_bundle_dir(root: Path, dest: Path) -> Path:
 
 
 def test_publish_then_the_daemon_deploys_it_with_exec_bits_and_symlinks(
-    tmp_path: Path,
-    seaweed: SeaweedServer,
-    make_bucket: Callable[..., str],
-    s3_client: Any,
-    daemons: Callable[..., DaemonProcess],
+    tmp_path: Path, s3_client: Any, web: Callable[..., Web]
 ) -> None:
-    bucket = make_bucket(versioned=True)
-    state_dir, dest = tmp_path / "state", tmp_path / "www"
-    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
+    site = web(poll_interval=0.2)  # nothing in S3 yet: it logs and keeps polling
+    bucket, config, dest = site.bucket, site.config, site.dest
     bundle = make_bundle_dir(tmp_path / "bundle", dest)
-    daemon = daemons(config, state_dir, "--all")  # nothing in S3 yet: it logs and keeps polling
 
     dry = cli("publish", str(bundle), "-s", "Web", "--dry-run", "-c", str(config))
     assert dry.returncode == 0, dry.stderr
@@ -309,13 +329,13 @@ def test_publish_then_the_daemon_deploys_it_with_exec_bits_and_symlinks(
     version = s3_client.head_object(Bucket=bucket, Key=KEY)["VersionId"]
     assert f"version {version}" in published.stdout
 
-    wait_until(lambda: last_status(config, state_dir) == "succeeded", timeout=30)
-    assert status(config, state_dir)["Web"]["current"]["version_id"] == version
+    site.wait_succeeded()
+    assert status(config, site.state_dir)["Web"]["current"]["version_id"] == version
     assert (dest.parent / "after-ran").exists()
     assert os.stat(dest / "bin" / "run.sh").st_mode & 0o777 == 0o750
     assert os.stat(dest / "data.txt").st_mode & 0o777 == 0o640
     assert os.readlink(dest / "current") == "data.txt"
-    assert daemon.proc.poll() is None
+    assert site.daemon and site.daemon.proc.poll() is None
 
 
 def test_publish_with_bucket_key_endpoint_url_or_aws_endpoint_url_s3(
