@@ -268,3 +268,64 @@ def test_lock_file_names_are_safe(tmp_path: Path) -> None:
     assert len(set(paths)) == len(names)
     assert locks.lock_path("x" * 300) != locks.lock_path("x" * 301)
     assert not locks.is_held_elsewhere("never locked")
+
+
+# ---- SectionLocks: destination folders ---------------------------------------------------------------------
+
+
+async def test_nested_destinations_exclude_each_other_disjoint_ones_do_not(tmp_path: Path) -> None:
+    """What keeps a section deploying into srv/www and one into srv/www/static apart (the folders need not
+    exist: a first deployment locks them before its Install creates them)."""
+    locks, srv = SectionLocks(tmp_path / "state"), tmp_path / "srv"
+    async with asyncio.timeout(5), locks.hold_destinations("Site", [srv / "www"], wait=False):
+        # Site holds srv/www exclusively (its pid is in the lock file) and srv shared (no pid: many may).
+        for name, inside_or_around, holder_pid in [
+            ("Static", srv / "www" / "static", f"pid {os.getpid()}"),
+            ("Again", srv / "www", f"pid {os.getpid()}"),
+            ("Root", srv, "pid unknown"),
+        ]:
+            with pytest.raises(LockBusy, match=rf"\[{name}\] destination .*\({holder_pid};"):
+                async with locks.hold_destinations(name, [inside_or_around], wait=False):
+                    pytest.fail(f"{name} must not deploy while Site holds {srv / 'www'}")
+        # Disjoint folders only share ancestors (shared locks): they deploy at once.
+        async with locks.hold_destinations("Apart", [srv / "api"], wait=False):
+            pass
+        async with locks.hold_destinations("Sibling", [srv / "www-old"], wait=False):
+            pass
+    async with asyncio.timeout(5), locks.hold_destinations("Static", [srv / "www" / "static"], wait=False):
+        pass  # released on exit
+
+
+async def test_a_symlinked_destination_overlaps_the_folder_it_points_into(tmp_path: Path) -> None:
+    locks = SectionLocks(tmp_path / "state")
+    (tmp_path / "data" / "www").mkdir(parents=True)
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv" / "www").symlink_to(tmp_path / "data" / "www")
+    async with asyncio.timeout(5), locks.hold_destinations("Site", [tmp_path / "srv" / "www"], wait=False):
+        with pytest.raises(LockBusy):
+            async with locks.hold_destinations("Data", [tmp_path / "data"], wait=False):
+                pytest.fail("/data holds what srv/www points to")
+
+
+async def test_overlapping_destination_sets_never_deadlock_and_never_run_at_once(tmp_path: Path) -> None:
+    """Destination sets are only known after download, so sections meet them in any order: each set is
+    taken in one global (sorted) order, and every pair here overlaps in two places, in opposite nesting."""
+    locks = SectionLocks(tmp_path / "state")
+    a, b = tmp_path / "a", tmp_path / "b"
+    sets = {"one": [b / "x", a], "two": [a / "y", b], "three": [b / "x", a / "y"]}
+    inside: list[str] = []
+    rounds: dict[str, int] = dict.fromkeys(sets, 0)
+
+    async def deploy(name: str) -> None:
+        for _ in range(8):
+            async with locks.hold_destinations(name, sets[name], wait=True):
+                assert not inside, f"{name} entered while {inside} deployed"
+                inside.append(name)
+                await asyncio.sleep(0.005)
+                inside.pop()
+            rounds[name] += 1
+            await asyncio.sleep(0)
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(*(deploy(name) for name in sets))
+    assert rounds == dict.fromkeys(sets, 8)
