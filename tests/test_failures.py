@@ -565,6 +565,33 @@ def test_sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when
 
 
 # ------------------------------------------------------------------------------------------- 7. overlap
+def wait_first_deployments(
+    state_dir: Path, names: list[str], timeout: float = 60
+) -> dict[str, dict[str, Any]]:
+    """Each section's newest deployment, once every section in ``names`` has one that is settled.
+
+    Settled: succeeded, or failed for good (a download failing on an S3 error is retried, so it is not).
+    A deployment that failed is then reported with its error at once: waiting for a success would only
+    time out, since a failed revision is not retried until the object changes.
+    """
+
+    def settled() -> dict[str, dict[str, Any]] | None:
+        last = {}
+        for name in names:
+            deps = db_history(state_dir, name)
+            if (
+                not deps
+                or deps[0]["status"] == "running"
+                or (deps[0]["status"] == "failed" and deps[0]["transient"])
+            ):
+                return None
+            last[name] = deps[0]
+        return last
+
+    result: dict[str, dict[str, Any]] = wait_until(settled, timeout=timeout, interval=0.15)
+    return result
+
+
 def test_sections_with_overlapping_appspec_destinations_never_deploy_at_once(
     tmp_path: Path,
     seaweed: SeaweedServer,
@@ -589,8 +616,13 @@ def test_sections_with_overlapping_appspec_destinations_never_deploy_at_once(
         sections[name] = keys(seaweed.endpoint_url, bucket)
     config = write_config(tmp_path / "config.ini", sections)
     daemons(config, state_dir, "--all")
-    for name in dests:
-        wait_status(config, state_dir, name, "succeeded")
+    last = wait_first_deployments(state_dir, list(dests))
+    failed = {
+        name: (dep["failed_event"], dep["error"])
+        for name, dep in last.items()
+        if dep["status"] != "succeeded"
+    }
+    assert not failed, failed
     spans: dict[str, list[float]] = {}
     for line in times.read_text().splitlines():
         name, _, at = line.split()

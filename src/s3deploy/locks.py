@@ -132,8 +132,9 @@ def destination_lock_modes(destinations: Iterable[Path | str]) -> dict[str, int]
 
     Hierarchical locking: each destination root exclusively, each of its ancestors shared. Two roots
     that are equal or nested always meet on one path with at least one exclusive lock; two disjoint roots
-    (``/srv/a``, ``/srv/b``) only share ancestors, locked shared by both, so they deploy at once.
-    Symlinks are resolved, so ``/srv/www`` → ``/data/www`` overlaps ``/data``.
+    (``/srv/a``, ``/srv/b``) only share ancestors, locked shared by both, so they deploy at once. Such an
+    ancestor may not exist yet: both Installs may then create it at the same moment, and each must accept
+    the folder the other made. Symlinks are resolved, so ``/srv/www`` → ``/data/www`` overlaps ``/data``.
     """
     modes: dict[str, int] = {}
     for destination in destinations:
