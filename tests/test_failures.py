@@ -307,29 +307,37 @@ def test_keep_revisions_prunes_old_releases_keeps_the_current_one_and_reports_di
         },
     )
     daemons(config, state_dir, "--all")
-    releases = state_dir / "releases" / "Web"
+    releases, logs = state_dir / "releases" / "Web", state_dir / "logs" / "Web"
+
+    def pruned(kept: Callable[[list[dict[str, Any]]], list[str]], rows: int) -> list[dict[str, Any]]:
+        """The history once it has ``rows`` rows, a log file each, and the release folders ``kept(history)``:
+        pruning runs right after a deployment is recorded, so wait for it instead of racing it."""
+
+        def check() -> list[dict[str, Any]] | None:
+            deps = db_history(state_dir, "Web")
+            ids = sorted(d["id"] for d in deps)
+            done = len(deps) == rows and sorted(p.name for p in releases.iterdir()) == sorted(kept(deps))
+            return deps if done and sorted(p.stem for p in logs.iterdir()) == ids else None
+
+        return wait_until(check, timeout=10, interval=0.1)
+
     for n in range(1, 5):
         s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle(dest, f"v{n}"))
         wait_status(config, state_dir, "Web", "succeeded", n=n)
-    good = db_history(state_dir, "Web")[0]
-    assert sorted(p.name for p in releases.iterdir()) == sorted(
-        d["id"] for d in db_history(state_dir, "Web")[:2]
-    )
+    good = pruned(lambda deps: [d["id"] for d in deps[:2]], rows=4)[0]
     # Two failures in a row: the last successful release (v4) is still kept, whatever keep_revisions says.
     for n in (5, 6):
         s3_client.put_object(
             Bucket=bucket, Key=KEY, Body=bundle(dest, f"v{n}", hooks={"ValidateService": "exit 1"})
         )
         wait_status(config, state_dir, "Web", "failed", n=n - 4)
-    deps = db_history(state_dir, "Web")
-    assert sorted(p.name for p in releases.iterdir()) == sorted([good["id"], deps[0]["id"]])
+    # keep_history=4: of six deployments, the two oldest records (v1, v2) are deleted with their logs.
+    deps = pruned(lambda deps: [good["id"], deps[0]["id"]], rows=4)
     st = status(config, state_dir)["Web"]
     assert st["current"]["id"] == good["id"]
     on_disk = sum(p.lstat().st_size for p in releases.rglob("*") if p.is_file() or p.is_symlink())
     assert st["releases_bytes"] == on_disk > 0
-    # keep_history=4: six deployments, the two oldest records (v1, v2) deleted with their log files.
-    assert len(deps) == 4 and deps[2]["id"] == good["id"] and deps[3]["status"] == "succeeded"
-    assert sorted(p.stem for p in (state_dir / "logs" / "Web").iterdir()) == sorted(d["id"] for d in deps)
+    assert deps[2]["id"] == good["id"] and deps[3]["status"] == "succeeded"  # v4 and v3
     assert_other_deployed(config, state_dir, tmp_path)
 
     # A running deployment's folder is never pruned (what _prune asks the state for).
