@@ -534,13 +534,13 @@ def test_sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when
     daemons: Callable[..., DaemonProcess],
 ) -> None:
     state_dir = tmp_path / "state"
-    buckets = {name: make_bucket(versioned=True) for name in ("Keep", "Drop", "Add")}
+    buckets = {name: make_bucket(versioned=True) for name in ("Keep", "Drop", "Add", "Same")}
     for name, bucket in buckets.items():
         s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle(tmp_path / name, f"{name}-v1"))
     path = tmp_path / "config.ini"
-    write_config(path, {n: keys(seaweed.endpoint_url, buckets[n]) for n in ("Keep", "Drop")})
+    write_config(path, {n: keys(seaweed.endpoint_url, buckets[n]) for n in ("Keep", "Drop", "Same")})
     daemon = daemons(path, state_dir, "--all")
-    for name in ("Keep", "Drop"):
+    for name in ("Keep", "Drop", "Same"):
         wait_status(path, state_dir, name, "succeeded")
 
     # An invalid file: the old configuration stays, the log says why.
@@ -549,12 +549,14 @@ def test_sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when
     wait_until(lambda: "keeping the current configuration" in daemon.output(), timeout=10)
     assert "[Broken]" in daemon.output() and "target_file_key" in daemon.output()
 
-    # Add one, remove one, change one (Keep now watches another key: restarted with it).
+    # Add one, remove one, change one (Keep now watches another key: restarted with it), and leave
+    # one as it was (Same: its watcher runs on untouched).
     write_config(
         path,
         {
             "Keep": keys(seaweed.endpoint_url, buckets["Keep"], target_file_key="v2.zip"),
             "Add": keys(seaweed.endpoint_url, buckets["Add"]),
+            "Same": keys(seaweed.endpoint_url, buckets["Same"]),
         },
     )
     s3_client.put_object(Bucket=buckets["Keep"], Key="v2.zip", Body=bundle(tmp_path / "Keep", "Keep-v2"))
@@ -566,6 +568,7 @@ def test_sighup_adds_removes_and_restarts_watchers_and_keeps_the_old_config_when
     assert revisions_in(tmp_path / "Drop") == {"Drop-v1"}  # its watcher stopped
     out = daemon.output()
     assert "[Drop] watcher removed" in out and "[Keep] watcher restarting with new settings" in out
+    assert "[Same] watcher" not in out
     st = status(path, state_dir)
     assert st["Add"]["current"]["status"] == "succeeded" and st["Keep"]["last"]["status"] == "succeeded"
     daemon.signal(signal.SIGTERM)

@@ -196,7 +196,8 @@ class Daemon:
         groups = overlapping_groups(sections)
         for name, running in list(self._running.items()):
             new = wanted.get(name)
-            if new is None or new != running.watcher.section or groups[name] != running.watcher.lock_names:
+            locks = sorted({name, *groups.get(name, ())})  # as Watcher.lock_names: the section included
+            if new is None or new != running.watcher.section or locks != running.watcher.lock_names:
                 logger.info(
                     "[%s] watcher %s", name, "removed" if new is None else "restarting with new settings"
                 )
