@@ -49,10 +49,11 @@ def _unpack(archive: str, dest: str) -> dict[str, Any]:
 async def _deploy(config_path: str, state_dir: str, section: str) -> dict[str, Any]:
     from s3deploy.config import load_config
     from s3deploy.daemon import check
+    from s3deploy.deployer import Agent
     from s3deploy.locks import SectionLocks
     from s3deploy.s3 import S3Pool
     from s3deploy.state import StateStore
-    from s3deploy.watcher import Agent, Watcher
+    from s3deploy.watcher import Watcher
 
     sec = load_config(Path(config_path)).section(section)
     state = StateStore(Path(state_dir) / "state.db")

@@ -1,96 +1,33 @@
-"""One section's watcher: detect a new revision in S3, deploy it, record what happened.
+"""One section's watcher: detect a new revision in S3 and have it deployed, under the section's locks.
 
-The watcher is the only orchestrator: it calls s3 (HEAD, GET), bundle (unpack), appspec, pipeline
-(hooks, install) and state, passing values. ``poll_once()`` is one check (what ``run --once``, the
-``deploy`` command and the tests call); ``run()`` loops it with the poll interval, backing off with
-jitter on S3 errors. A deployment failure never leaves the watcher; only cancellation does.
+``poll_once()`` is one check (what ``run --once``, the ``deploy`` command and the tests call); ``run()``
+loops it with the poll interval, backing off with jitter on S3 errors. The deploying itself (download,
+unpack, lifecycle, rollback, pruning) is the Deployer's. A deployment failure never leaves the watcher;
+only cancellation does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote
+from collections.abc import Sequence
 
-from s3deploy.appspec import load_appspec
-from s3deploy.bundle import unpack
 from s3deploy.config import Section
-from s3deploy.deploylog import OutputSink
+from s3deploy.deployer import Agent, Deployer, recover_interrupted
 from s3deploy.detection import Decision, decide
-from s3deploy.errors import RevisionChanged, S3DeployError, SourceError
-from s3deploy.locks import SectionLocks
-from s3deploy.log import SectionAdapter, section_logger
-from s3deploy.metrics import Observer
-from s3deploy.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
-from s3deploy.s3 import Endpoint, ProgressCallback, Revision, S3Pool
-from s3deploy.state import Deployment, StateStore
+from s3deploy.errors import S3DeployError, SourceError
+from s3deploy.log import section_logger
+from s3deploy.s3 import Endpoint, Revision
+from s3deploy.state import Deployment
 
 logger = logging.getLogger(__name__)
 
-#: How stale another process's state changes may be when an idle watcher decides it has nothing to do.
-DATA_VERSION_TTL_S = 1.0
 #: An idle watcher still records "last polled" this often (status shows it).
 POLL_RECORD_INTERVAL_S = 240.0
 #: Longest wait between retries of a download that keeps failing on S3 errors.
 MAX_DOWNLOAD_BACKOFF_S = 900.0
-#: GETs of one bundle within one deployment before it fails (each after botocore's own retries).
-DOWNLOAD_ATTEMPTS = 3
-
-
-@dataclass
-class Agent:
-    """What every watcher of one process shares: state, the S3 client pool, the locks."""
-
-    state_dir: Path
-    state: StateStore
-    pool: S3Pool
-    locks: SectionLocks
-    #: The daemon waits for a section lock held by a one-shot command; one-shot commands do not (exit 3).
-    lock_wait: bool = True
-    #: One-shot commands on a TTY: (what, total bytes) -> a callback per chunk downloaded, or None.
-    progress: Callable[[str, int], ProgressCallback | None] | None = None
-    #: Told about polls and deployments (metrics, systemd STATUS).
-    observer: Observer | None = None
-    _data_version: int = -1
-    _data_version_at: float = float("-inf")
-
-    async def state_token(self) -> tuple[int, int]:
-        """Changes when another process or this one changed what deployment decisions read.
-
-        Another process's changes are noticed within DATA_VERSION_TTL_S: one database call per second
-        for the whole daemon instead of several per section and poll.
-        """
-        if time.monotonic() - self._data_version_at >= DATA_VERSION_TTL_S:
-            self._data_version_at = time.monotonic()
-            self._data_version = await asyncio.to_thread(self.state.data_version)
-        return self._data_version, self.state.local_writes
-
-
-def recover_interrupted(state: StateStore, sections: Sequence[str] | None = None) -> list[Deployment]:
-    """Mark deployments left running by a dead process ``interrupted`` and remove their partial releases.
-
-    Only safe under the locks that prove nobody runs them (the instance lock, or the section flocks).
-    A release folder whose Install never completed (a partial download or unpack, or a bundle never
-    installed) is deleted: nothing refers to it and the redeploy downloads the revision again.
-    """
-    recovered = state.recover_interrupted(sections)
-    for dep in recovered:
-        logger.warning(
-            "[%s] deployment %s was running when its process died: marked interrupted", dep.section, dep.id
-        )
-        if dep.release_dir and dep.install_completed_at is None:
-            shutil.rmtree(dep.release_dir, ignore_errors=True)
-            state.clear_release_dir(dep.id)
-            logger.info("[%s] removed the partial release folder of %s", dep.section, dep.id)
-    return recovered
 
 
 class Watcher:
@@ -103,8 +40,7 @@ class Watcher:
         self.lock_names = sorted({section.name, *lock_names})
         self.endpoint = Endpoint(section.profile_name, section.region, section.endpoint_url)
         self.log = section_logger(logger, section.name)
-        self._dir_name = quote(section.name, safe="")
-        self.group_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3deploy:{section.name}"))
+        self.deployer = Deployer(section, agent, self.endpoint)
         # Downloads failing on S3 errors while HEAD works: retried with exponential backoff, so a long
         # GET-only outage adds a failed row every few minutes at most, not one per poll.
         self._download_failures = 0
@@ -176,7 +112,7 @@ class Watcher:
             # Another process (a one-shot `deploy`) may have deployed it while we waited for the lock.
             if not force and not (await self._decide(rev, quiet=True)).deploy:
                 return None
-            done = await self._deploy(rev, forced=force)
+            done = await self.deployer.deploy(rev, forced=force)
         if done.transient:
             self._download_failures += 1
             backoff = min(sec.poll_interval_s * 2 ** (self._download_failures - 1), MAX_DOWNLOAD_BACKOFF_S)
@@ -210,8 +146,8 @@ class Watcher:
             self.log.warning(
                 "rollback %s was interrupted: reinstalling the release of %s again", last.id, good.id
             )
-            stop_from = await self._installed_release()
-            return await self.rollback_to(good, rollback_of=last.rollback_of, stop_from=stop_from)
+            stop_from = await self.deployer.installed_release()
+            return await self.deployer.rollback_to(good, rollback_of=last.rollback_of, stop_from=stop_from)
 
     async def _decide(self, rev: Revision, *, quiet: bool = False) -> Decision:
         state = self.agent.state
@@ -227,263 +163,7 @@ class Watcher:
             self.log.debug("%s: %s", rev.identity, decision.reason)
         return decision
 
-    # ------------------------------------------------------------------ deploying
-    def _release_dir(self, deployment_id: str) -> Path:
-        return self.agent.state_dir / "releases" / self._dir_name / deployment_id
-
-    def _log_path(self, deployment_id: str) -> Path:
-        return self.agent.state_dir / "logs" / self._dir_name / f"{deployment_id}.log"
-
-    @property
-    def cleanup_list(self) -> Path:
-        return self.agent.state_dir / "installed" / f"{self._dir_name}.list"
-
-    def _env(self, deployment_id: str, rev_like: Deployment | Revision) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            DEPLOYMENT_ID=deployment_id,
-            APPLICATION_NAME=self.section.name,
-            DEPLOYMENT_GROUP_NAME=self.section.name,
-            DEPLOYMENT_GROUP_ID=self.group_id,
-            BUNDLE_BUCKET=rev_like.bucket,
-            BUNDLE_KEY=rev_like.key,
-            BUNDLE_VERSION=rev_like.version_id or "",
-            BUNDLE_ETAG=rev_like.etag or "",
-        )
-        return env
-
-    async def _deploy(self, rev: Revision, *, forced: bool) -> Deployment:
-        state = self.agent.state
-        dep_id = await asyncio.to_thread(state.new_deployment_id)
-        release_dir = self._release_dir(dep_id)
-        await asyncio.to_thread(
-            state.start,
-            section=self.section.name,
-            bucket=rev.bucket,
-            key=rev.key,
-            etag=rev.etag,
-            version_id=rev.version_id,
-            identity=rev.identity,
-            release_dir=str(release_dir),
-            log_path=str(self._log_path(dep_id)),
-            forced=forced,
-            deployment_id=dep_id,
-        )
-        self._observe_start(dep_id)
-        log = section_logger(logger, self.section.name, deployment_id=dep_id)
-        log.info("deployment %s of s3://%s/%s (%s) started", dep_id, rev.bucket, rev.key, rev.identity)
-        sink = OutputSink(log, self._log_path(dep_id))
-        started = time.monotonic()
-        try:
-            sink.open()
-            try:
-                release = await self._fetch(rev, release_dir, dep_id, log)
-            except S3DeployError as e:
-                log.error("DownloadBundle failed: %s", e)
-                await asyncio.to_thread(shutil.rmtree, release_dir, True)
-                await asyncio.shield(asyncio.to_thread(state.clear_release_dir, dep_id))
-                # S3 trouble, not a bad bundle: the revision is tried again at the next poll.
-                transient = isinstance(e, SourceError)
-                return await self._finish(
-                    dep_id, "failed", sink, failed_event="DownloadBundle", error=str(e), transient=transient
-                )
-            previous = await self._installed_release()
-            result = await self._lifecycle(release, previous, self._env(dep_id, rev), sink)
-            if result.ok:
-                log.info("deployment %s succeeded in %.1fs", dep_id, time.monotonic() - started)
-                done = await self._finish(dep_id, "succeeded", sink)
-            else:
-                done = await self._finish(
-                    dep_id, "failed", sink, failed_event=result.failed_event, error=result.error
-                )
-                if self.section.auto_rollback and result.failed_event in POST_INSTALL_EVENTS:
-                    await self._auto_rollback(done, release if result.install_completed else previous)
-        except asyncio.CancelledError:
-            log.warning("deployment %s interrupted", dep_id)
-            await asyncio.shield(
-                self._finish(
-                    dep_id,
-                    "interrupted",
-                    sink,
-                    error="cancelled: the agent was stopped during the deployment",
-                )
-            )
-            raise
-        finally:
-            sink.close()
-        await self._prune()
-        return done
-
-    async def _fetch(self, rev: Revision, release_dir: Path, dep_id: str, log: SectionAdapter) -> Release:
-        """Download (pinned, verified) and unpack into the release folder; the archive is removed after."""
-        await asyncio.to_thread(release_dir.mkdir, parents=True, exist_ok=True)
-        archive = release_dir / "bundle.download"
-        started = time.monotonic()
-        progress = self.agent.progress(rev.url, rev.size) if self.agent.progress else None
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                await self.agent.pool.download(rev, self.endpoint, archive, progress)
-                break
-            except SourceError as e:
-                # botocore retries failed requests, not a body cut or corrupted mid-way: a fresh GET does.
-                if not e.retryable or isinstance(e, RevisionChanged) or attempt == DOWNLOAD_ATTEMPTS:
-                    raise
-                delay = min(self.section.poll_interval_s, 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                log.warning(
-                    "DownloadBundle: attempt %d of %d failed, retrying in %.1fs: %s",
-                    attempt,
-                    DOWNLOAD_ATTEMPTS,
-                    delay,
-                    e,
-                )
-                await asyncio.sleep(delay)
-        log.info("DownloadBundle: %d bytes in %.2fs", rev.size, time.monotonic() - started)
-        started = time.monotonic()
-        root = await asyncio.to_thread(
-            unpack,
-            archive,
-            release_dir / "unpacked",
-            max_files=self.section.max_files,
-            max_unpacked_bytes=self.section.max_unpacked_bytes,
-        )
-        await asyncio.to_thread(archive.unlink)
-        # The bundle root is always release_dir/bundle, hoisted or not.
-        await asyncio.to_thread(os.rename, root, release_dir / "bundle")
-        await asyncio.to_thread(shutil.rmtree, release_dir / "unpacked", True)
-        log.info("DownloadBundle: unpacked in %.2fs", time.monotonic() - started)
-        spec = await asyncio.to_thread(load_appspec, release_dir / "bundle")
-        return Release(dep_id, release_dir / "bundle", spec)
-
-    async def _lifecycle(
-        self,
-        release: Release,
-        previous: Release | None,
-        env: dict[str, str],
-        sink: OutputSink,
-        *,
-        ignore_stop_failures: bool | None = None,
-    ) -> LifecycleResult:
-        async def install_completed() -> None:
-            await asyncio.to_thread(self.agent.state.mark_install_completed, dep_id)
-
-        dep_id = env["DEPLOYMENT_ID"]
-        lifecycle = Lifecycle(
-            section=self.section.name,
-            release=release,
-            previous=previous,
-            env=env,
-            default_destination=self.section.destination,
-            cleanup_list=self.cleanup_list,
-            ignore_application_stop_failures=(
-                self.section.ignore_application_stop_failures
-                if ignore_stop_failures is None
-                else ignore_stop_failures
-            ),
-            on_line=sink.line,
-            log=sink.log,
-            on_install_completed=install_completed,
-        )
-        result = LifecycleResult()
-        timeout = self.section.deployment_timeout_s
-        destinations = self._destinations(release, previous)
-        try:
-            # Whatever section (or process) installs into an overlapping folder waits for this one.
-            # Always waits: the deployment is recorded already; the holder's own deployment_timeout bounds it.
-            async with self.agent.locks.hold_destinations(self.section.name, destinations, wait=True):
-                await asyncio.wait_for(lifecycle.run(result), timeout)
-        except TimeoutError:
-            result.failed_event = result.current_event or "BeforeInstall"
-            result.error = (
-                f"deployment_timeout of {timeout:g}s reached during {result.failed_event}; hooks killed"
-            )
-            sink.log.error("%s", result.error)
-        return result
-
-    def _destinations(self, release: Release, previous: Release | None) -> list[Path]:
-        """The folders this lifecycle writes to: the new release's destinations and the previous one's
-        (its installed files are removed first)."""
-        roots: list[Path] = []
-        for rel in (release, previous):
-            if rel is None:
-                continue
-            if rel.spec.files:
-                roots += [Path(m.destination) for m in rel.spec.files]
-            elif self.section.destination is not None:
-                roots.append(self.section.destination)
-        return roots
-
-    async def _finish(
-        self,
-        dep_id: str,
-        status: str,
-        sink: OutputSink,
-        *,
-        failed_event: str | None = None,
-        error: str | None = None,
-        transient: bool = False,
-    ) -> Deployment:
-        """Record the end of a deployment; shielded so a shutdown cannot lose it."""
-        done = await asyncio.shield(
-            asyncio.to_thread(
-                self.agent.state.finish,
-                dep_id,
-                status,
-                failed_event=failed_event,
-                error=error,
-                output_tail=sink.text(),
-                transient=transient,
-            )
-        )
-        if self.agent.observer is not None:
-            self.agent.observer.deployment_finished(done)
-        return done
-
-    def _observe_start(self, dep_id: str) -> None:
-        if self.agent.observer is not None:
-            self.agent.observer.deployment_started(self.section.name, dep_id)
-
-    # ------------------------------------------------------------------ releases and rollback
-    def _bundle_root(self, dep: Deployment) -> Path:
-        return self._release_dir(dep.restores or dep.id) / "bundle"
-
-    @staticmethod
-    def _install_completed(dep: Deployment) -> bool:
-        if dep.status == "succeeded" or dep.install_completed_at is not None:
-            return True
-        # Rows recorded before install_completed_at existed: a failure after Install implies it.
-        return dep.status == "failed" and dep.failed_event in POST_INSTALL_EVENTS[1:]
-
-    async def _installed_release(self) -> Release | None:
-        """The release whose Install last completed (its ApplicationStop knows how to stop what runs)."""
-        history = await asyncio.to_thread(self.agent.state.history, self.section.name, 50)
-        for dep in history:
-            if dep.status == "running" or not self._install_completed(dep):
-                continue
-            return await self._load_release(dep)
-        return None
-
-    async def _load_release(self, dep: Deployment) -> Release | None:
-        root = self._bundle_root(dep)
-        if not root.is_dir():
-            self.log.warning("release of %s is no longer on disk (%s)", dep.id, root)
-            return None
-        try:
-            spec = await asyncio.to_thread(load_appspec, root)
-        except S3DeployError as e:
-            self.log.warning("release of %s cannot be used: %s", dep.id, e)
-            return None
-        return Release(dep.restores or dep.id, root, spec)
-
-    async def _auto_rollback(self, failed: Deployment, stop_from: Release | None) -> Deployment | None:
-        good = await asyncio.to_thread(self.agent.state.current, self.section.name)
-        if good is None:
-            self.log.warning("no successful release to roll back to")
-            return None
-        self.log.warning(
-            "rolling back %s: redeploying the release of %s", failed.id, good.restores or good.id
-        )
-        return await self.rollback_to(good, rollback_of=failed.id, stop_from=stop_from)
-
+    # ------------------------------------------------------------------ manual rollback
     async def manual_rollback(self, to: str | None = None) -> Deployment:
         """``s3deploy rollback``: reinstall the previous successful release (or ``to``) from disk."""
         state = self.agent.state
@@ -493,86 +173,18 @@ class Watcher:
             current = await asyncio.to_thread(state.current, name)
             history = await asyncio.to_thread(state.history, name, None)
             good = _rollback_target(name, current, history, to)
-            if not self._bundle_root(good).is_dir():
+            if not self.deployer.bundle_root(good).is_dir():
                 raise S3DeployError(
                     f"[{name}] the release of {good.restores or good.id} is no longer on disk "
                     f"(pruned by keep_revisions); deploy it from S3 instead"
                 )
-            stop_from = await self._installed_release()
-            done = await self.rollback_to(
+            stop_from = await self.deployer.installed_release()
+            done = await self.deployer.rollback_to(
                 good, rollback_of=current.id if current else None, stop_from=stop_from
             )
         if done is None:
             raise S3DeployError(f"[{name}] the release of {good.id} cannot be loaded from disk")
         return done
-
-    async def rollback_to(
-        self, good: Deployment, *, rollback_of: str | None, stop_from: Release | None
-    ) -> Deployment | None:
-        """Redeploy ``good``'s release from disk as a new deployment (the caller holds the section lock)."""
-        target = await self._load_release(good)
-        if target is None:
-            return None
-        state = self.agent.state
-        dep_id = await asyncio.to_thread(state.new_deployment_id)
-        restores = good.restores or good.id
-        await asyncio.to_thread(
-            state.start,
-            section=self.section.name,
-            bucket=good.bucket,
-            key=good.key,
-            etag=good.etag,
-            version_id=good.version_id,
-            identity=good.identity,
-            release_dir=None,
-            log_path=str(self._log_path(dep_id)),
-            rollback_of=rollback_of,
-            restores=restores,
-            deployment_id=dep_id,
-        )
-        self._observe_start(dep_id)
-        log = section_logger(logger, self.section.name, deployment_id=dep_id)
-        sink = OutputSink(log, self._log_path(dep_id))
-        try:
-            sink.open()
-            release = Release(dep_id, target.bundle_root, target.spec)
-            # What is stopped is the broken release: its failing ApplicationStop must not block recovery.
-            result = await self._lifecycle(
-                release, stop_from, self._env(dep_id, good), sink, ignore_stop_failures=True
-            )
-            status = "succeeded" if result.ok else "failed"
-            log.log(logging.INFO if result.ok else logging.ERROR, "rollback %s %s", dep_id, status)
-            return await self._finish(
-                dep_id, status, sink, failed_event=result.failed_event, error=result.error
-            )
-        except asyncio.CancelledError:
-            await asyncio.shield(self._finish(dep_id, "interrupted", sink, error="cancelled during rollback"))
-            raise
-        finally:
-            sink.close()
-
-    async def _prune(self) -> None:
-        """Delete release folders beyond keep_revisions, and records and logs beyond keep_history."""
-        state = self.agent.state
-        doomed = await asyncio.to_thread(
-            state.releases_to_prune, self.section.name, self.section.keep_revisions
-        )
-        for dep in doomed:
-            if dep.release_dir:
-                await asyncio.to_thread(shutil.rmtree, dep.release_dir, True)
-            await asyncio.to_thread(state.clear_release_dir, dep.id)
-            self.log.debug("pruned release %s", dep.id)
-        trimmed = await asyncio.to_thread(state.trim_history, self.section.name, self.section.keep_history)
-        if trimmed:
-            await asyncio.to_thread(_delete_logs, self.agent.state_dir / "logs", trimmed)
-            self.log.info("history: %d old deployment record(s) deleted (keep_history)", len(trimmed))
-
-
-def _delete_logs(logs: Path, trimmed: list[tuple[str, str | None]]) -> None:
-    """Delete the log files of deleted deployment records (only ever inside the state's logs folder)."""
-    for _, log_path in trimmed:
-        if log_path and Path(log_path).is_relative_to(logs):
-            Path(log_path).unlink(missing_ok=True)
 
 
 def _rollback_target(
