@@ -282,7 +282,7 @@ async def test_nested_destinations_exclude_each_other_disjoint_ones_do_not(tmp_p
         for name, inside_or_around, holder_pid in [
             ("Static", srv / "www" / "static", f"pid {os.getpid()}"),
             ("Again", srv / "www", f"pid {os.getpid()}"),
-            ("Root", srv, "pid unknown"),
+            ("Root", srv, "held by deployments into folders inside it"),
         ]:
             with pytest.raises(LockBusy, match=rf"\[{name}\] destination .*\({holder_pid};"):
                 async with locks.hold_destinations(name, [inside_or_around], wait=False):
@@ -293,7 +293,10 @@ async def test_nested_destinations_exclude_each_other_disjoint_ones_do_not(tmp_p
         async with locks.hold_destinations("Sibling", [srv / "www-old"], wait=False):
             pass
     async with asyncio.timeout(5), locks.hold_destinations("Static", [srv / "www" / "static"], wait=False):
-        pass  # released on exit
+        # Released on exit, pid and all: Static holds srv/www shared now, and Site's pid is not named.
+        with pytest.raises(LockBusy, match=r"\(held by deployments into folders inside it;"):
+            async with locks.hold_destinations("Site", [srv / "www"], wait=False):
+                pytest.fail("Static deploys inside srv/www")
 
 
 async def test_a_symlinked_destination_overlaps_the_folder_it_points_into(tmp_path: Path) -> None:

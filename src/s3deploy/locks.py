@@ -73,9 +73,13 @@ def read_holder_pid(path: Path) -> int | None:
         return None
 
 
-def _holder(path: Path) -> str:
+#: Who holds a destination lock file with no pid in it: shared holders never write one.
+_SHARED_HOLDERS = "held by deployments into folders inside it"
+
+
+def _holder(path: Path, nobody: str = "pid unknown") -> str:
     pid = read_holder_pid(path)
-    return f"pid {pid}" if pid is not None else "pid unknown"
+    return f"pid {pid}" if pid is not None else nobody
 
 
 class InstanceLock:
@@ -197,8 +201,15 @@ class SectionLocks:
         async with contextlib.AsyncExitStack() as stack:
             for root in sorted(modes):
                 what = f"[{section}] destination {root}"
-                fd = await self._acquire(self.destination_lock_path(root), modes[root], wait=wait, what=what)
-                stack.callback(os.close, fd)
+                fd = await self._acquire(
+                    self.destination_lock_path(root),
+                    modes[root],
+                    wait=wait,
+                    what=what,
+                    nobody=_SHARED_HOLDERS,
+                )
+                # An exclusive holder's pid goes with it: a later (shared) holder must not be named by it.
+                stack.callback(_clear_and_close if modes[root] == fcntl.LOCK_EX else os.close, fd)
             yield
 
     async def _flock(self, section: str, *, wait: bool) -> int:
@@ -206,7 +217,9 @@ class SectionLocks:
             self.lock_path(section), fcntl.LOCK_EX, wait=wait, what=f"section [{section}]"
         )
 
-    async def _acquire(self, path: Path, operation: int, *, wait: bool, what: str) -> int:
+    async def _acquire(
+        self, path: Path, operation: int, *, wait: bool, what: str, nobody: str = "pid unknown"
+    ) -> int:
         fd = _open_lock_file(path)
         try:
             loop = asyncio.get_running_loop()
@@ -216,10 +229,11 @@ class SectionLocks:
                 if not wait and loop.time() - started >= BUSY_GRACE_S:
                     raise LockBusy(
                         f"{what} is being deployed by another s3deploy process or section "
-                        f"({_holder(path)}; lock file {path}); try again when it has finished"
+                        f"({_holder(path, nobody)}; lock file {path}); try again when it has finished"
                     )
                 if wait and delay == POLL_MIN_S:
-                    log.info("%s: waiting for another deployment (%s) to finish with it", what, _holder(path))
+                    holder = _holder(path, nobody)
+                    log.info("%s: waiting for another deployment (%s) to finish with it", what, holder)
                 await asyncio.sleep(delay)
                 if wait:
                     delay = min(delay * 2, POLL_MAX_S)
