@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import json
 import os
 import pwd
+import re
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
+from s3deploy import install as install_module
 from s3deploy.appspec import AppSpec, load_appspec
 from s3deploy.errors import InstallError
 from s3deploy.install import InstallReport, install, read_cleanup_list
@@ -71,8 +75,13 @@ class Host:
         return bundle, report
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Host:
+@pytest.fixture(params=["sequential", "threads"])
+def host(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
+    """Every test on ``host`` runs twice: files copied in order, and each file a batch of its own over
+    the copy threads (the path plans of PARALLEL_MIN_FILES files take)."""
+    if request.param == "threads":
+        monkeypatch.setattr(install_module, "PARALLEL_MIN_FILES", 1)
+        monkeypatch.setattr(install_module, "COPY_BATCH", 1)
     return Host(tmp_path)
 
 
@@ -347,3 +356,153 @@ def test_permission_on_a_single_installed_file(host: Host) -> None:
     host.deploy({"app/run.sh": "#!/bin/sh\n", "app/other.sh": ""}, spec)
     assert stat.S_IMODE((host.dest / "run.sh").stat().st_mode) == 0o700
     assert stat.S_IMODE((host.dest / "other.sh").stat().st_mode) == 0o644
+
+
+def relative_snapshot(root: Path) -> dict[str, tuple[str, int, str, int]]:
+    """``snapshot`` keyed by path under ``root``, with each file's mtime (links and folders: 0)."""
+    return {
+        str(Path(path).relative_to(root)): (
+            *entry,
+            Path(path).lstat().st_mtime_ns if entry[0] == "file" else 0,
+        )
+        for path, entry in snapshot(root).items()
+    }
+
+
+def big_tree(folders: int, per_folder: int) -> Tree:
+    """``folders`` x ``per_folder`` files under ``app/``, in the order the plan copies them."""
+    names = [f"d{d:02}/f{f:03}" for d in range(folders) for f in range(per_folder)]
+    return {f"app/{name}": f"{name}\n" * (len(name) % 7) for name in names}
+
+
+def test_big_tree_is_copied_exactly_by_several_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = Host(tmp_path)
+    bundle = host.release({}, app_spec(host.dest / "www"))
+    app = bundle / "app"
+    for d in range(8):
+        folder = app / f"pkg{d}" / "mod"
+        folder.mkdir(parents=True)
+        for f in range(60):
+            path = folder / f"f{f:02}"
+            path.write_bytes(os.urandom(f * 97) if f % 3 else b"#!/bin/sh\necho hi\n" * f)
+            path.chmod([0o755, 0o640, 0o600, 0o4755, 0o444][f % 5])
+        (folder / "link").symlink_to("f01")
+        (folder / "dangling").symlink_to("/nonexistent/target")
+        (app / f"pkg{d}" / "up").symlink_to("mod")
+        folder.chmod(0o750)
+    (app / "big.bin").write_bytes(os.urandom(3 << 20))
+    planned = sum(1 for p in app.rglob("*") if not p.is_dir() or p.is_symlink())
+    assert planned >= install_module.PARALLEL_MIN_FILES
+    writers: dict[str, set[str]] = {}  # folder -> threads that copied into it
+    real_copy_one = install_module._copy_one
+
+    def spy(source: Path, dest: str) -> None:
+        writers.setdefault(os.path.dirname(dest), set()).add(threading.current_thread().name)
+        real_copy_one(source, dest)
+
+    monkeypatch.setattr(install_module, "_copy_one", spy)
+    report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
+
+    assert relative_snapshot(host.dest / "www") == relative_snapshot(app)
+    assert stat.S_IMODE((host.dest / "www/pkg3/mod/f03").stat().st_mode) == 0o4755
+    threads = set().union(*writers.values())
+    assert len(threads) > 1 and all(name.startswith("install") for name in threads)
+    assert all(len(names) == 1 for names in writers.values())  # one thread per folder: no lock waits
+    listed = set(read_cleanup_list(host.cleanup_list)[0])
+    assert report.copied == planned
+    assert listed == {
+        str(host.dest / "www" / p.relative_to(app))
+        for p in app.rglob("*")
+        if not p.is_dir() or p.is_symlink()
+    }
+
+
+@pytest.mark.parametrize(
+    ("injection", "message"),
+    [("fifo", "neither a regular file nor a symlink"), ("removed", "No such file or directory")],
+    ids=["fifo", "removed"],
+)
+def test_failure_in_a_parallel_copy_names_the_file_and_the_list_covers_what_was_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, injection: str, message: str
+) -> None:
+    host = Host(tmp_path)
+    spec = app_spec(host.dest)
+    host.deploy({"app/old/gone.txt": "1"}, spec)
+    tree = big_tree(10, 60)
+    bundle = host.release(tree, spec)
+    names = [rel.removeprefix("app/") for rel in tree]
+    assert len(names) >= install_module.PARALLEL_MIN_FILES
+    # in the middle of the plan and of its folder, whose files one thread copies in order
+    broken, before_it = "d04/f048", "d04/f047"
+    if injection == "fifo":  # planned as a file, found to be something else when copied
+        (bundle / "app" / broken).unlink()
+        os.mkfifo(bundle / "app" / broken)
+    else:  # gone from the bundle after the plan, before its copy
+        real_copy_one = install_module._copy_one
+
+        def remove_next(source: Path, dest: str) -> None:
+            real_copy_one(source, dest)
+            if source == bundle / "app" / before_it:
+                (bundle / "app" / broken).unlink()
+
+        monkeypatch.setattr(install_module, "_copy_one", remove_next)
+
+    with pytest.raises(InstallError) as info:
+        install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
+    assert f"cannot install {bundle / 'app' / broken} as {host.dest / broken}" in str(info.value)
+    assert message in str(info.value)
+
+    files, dirs = read_cleanup_list(host.cleanup_list)
+    on_disk = list(host.dest.rglob("*"))
+    copied = {str(p) for p in on_disk if not p.is_dir()}
+    assert 48 <= len(copied) < len(names)
+    assert copied <= set(files)  # every file on disk is one the next install may remove
+    assert {str(p) for p in on_disk if p.is_dir()} <= set(dirs)
+    assert not any(p.endswith(".s3deploy-tmp") for p in copied)
+
+    # the next release installs cleanly over the half-copied one and nothing of it stays behind
+    host.deploy({"app/new.txt": "2"}, spec)
+    assert [p.name for p in host.dest.iterdir()] == ["new.txt"]
+
+
+def test_a_temporary_file_left_by_a_crash_is_replaced_not_written_through(host: Host) -> None:
+    victim = host.tmp / "victim"
+    victim.write_text("untouched")
+    host.dest.mkdir()
+    os.link(victim, host.dest / "a.txt.s3deploy-tmp")  # a hardlink: writing into it would change victim
+    os.symlink(victim, host.dest / "b.txt.s3deploy-tmp")
+    host.deploy({"app/a.txt": "a", "app/b.txt": "b"}, app_spec(host.dest))
+    assert victim.read_text() == "untouched"
+    assert sorted(p.name for p in host.dest.iterdir()) == ["a.txt", "b.txt"]
+    assert (host.dest / "a.txt").read_text() == "a" and not (host.dest / "b.txt").is_symlink()
+
+
+def test_filesystem_without_sendfile_gets_plain_reads_and_writes(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_sendfile(*args: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", no_sendfile)  # no such filesystem here to test on
+    payload = os.urandom(3 << 20)
+    bundle = host.release({"app/small.txt": "s"}, app_spec(host.dest))
+    (bundle / "app/big.bin").write_bytes(payload)
+    install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
+    assert (host.dest / "big.bin").read_bytes() == payload
+    assert (host.dest / "small.txt").read_text() == "s"
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_temporary_file(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_sendfile(*args: object) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "sendfile", failing_sendfile)  # a disk error, which nothing here can produce
+    bundle = host.release({"app/a.txt": "a"}, app_spec(host.dest))
+    named = re.escape(f"cannot install {bundle / 'app/a.txt'} as {host.dest / 'a.txt'}: ")
+    with pytest.raises(InstallError, match=named + ".*Input/output"):
+        install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
+    assert list(host.dest.iterdir()) == []
