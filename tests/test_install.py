@@ -11,6 +11,7 @@ import re
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -506,3 +507,48 @@ def test_a_failed_write_names_the_file_and_leaves_no_temporary_file(
     with pytest.raises(InstallError, match=named + ".*Input/output"):
         install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
     assert list(host.dest.iterdir()) == []
+
+
+# ---- sections installing side by side (disjoint destinations under one new parent)
+def _sibling_bundle(tmp_path: Path, shared: Path) -> Path:
+    appspec = f"files:\n  - source: app\n    destination: {shared / 'www'}\n"
+    return make_bundle(tmp_path / "release", {"app/index.html": "www\n"}, appspec)
+
+
+def test_a_new_parent_created_by_another_section_just_before_our_mkdir_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sections with disjoint destinations under one new folder install at once (their destination locks
+    only share ancestors): the other one may create that folder between this install's check and mkdir."""
+    shared = tmp_path / "srv"
+    bundle = _sibling_bundle(tmp_path, shared)
+    real_mkdir = os.mkdir
+
+    def the_other_section_wins(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == shared and not shared.exists():
+            real_mkdir(path)
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", the_other_section_wins)
+    report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=tmp_path / "a.list")
+    assert (shared / "www" / "index.html").read_text() == "www\n"
+    assert str(shared / "www") in report.dirs
+
+
+def test_a_new_parent_created_by_another_section_while_planning_is_no_conflict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder appears between the plan's "is it a folder?" and "does anything exist there?"."""
+    shared = tmp_path / "srv"
+    bundle = _sibling_bundle(tmp_path, shared)
+    real_lexists = os.path.lexists
+
+    def the_other_section_wins(path: Any) -> bool:
+        if Path(path) == shared and not real_lexists(path):
+            os.mkdir(path)
+        return real_lexists(path)
+
+    monkeypatch.setattr(os.path, "lexists", the_other_section_wins)
+    report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=tmp_path / "a.list")
+    assert (shared / "www" / "index.html").read_text() == "www\n"
+    assert str(shared) not in report.dirs  # the other section created it: not ours to remove later

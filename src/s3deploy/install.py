@@ -230,6 +230,8 @@ def _classify_dir(plan: _Plan, dest: str, prev_files: set[str], prev_dirs: set[s
         if dest in prev_dirs:
             plan.owned_dirs.append(dest)  # ours from last time: keep counting it as created by s3deploy
     elif os.path.lexists(dest) and dest not in prev_files:
+        if os.path.isdir(dest):
+            return  # created just now by a section installing next to this one: not ours, no conflict
         plan.conflicts.append(f"{dest} (a file is where a folder is needed)")
     else:
         plan.owned_dirs.append(dest)
@@ -317,6 +319,11 @@ def _copy(plan: _Plan) -> None:
         try:
             if not os.path.isdir(dest):
                 os.mkdir(dest)
+        except FileExistsError as e:
+            # Sections with disjoint destinations under one new parent install at once: the other one
+            # may create that parent between our check and our mkdir. A folder there is all we need.
+            if not os.path.isdir(dest):
+                raise InstallError(f"cannot create folder {dest}: {e}") from e
         except OSError as e:
             raise InstallError(f"cannot create folder {dest}: {e}") from e
     files = list(plan.files.items())
