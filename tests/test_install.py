@@ -344,6 +344,14 @@ def test_two_sources_for_one_destination_fail(host: Host) -> None:
     assert not host.dest.exists()
 
 
+def test_a_file_named_like_the_installers_temporary_copy_is_refused(host: Host) -> None:
+    """Copying x goes through x.s3deploy-tmp: a bundle holding both would lose one without a word."""
+    bundle = host.release({"app/x": "x", "app/x.s3deploy-tmp": "mine"}, app_spec(host.dest))
+    with pytest.raises(InstallError, match=r"x\.s3deploy-tmp would be overwritten by the temporary copy of"):
+        install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
+    assert not host.dest.exists()
+
+
 def test_corrupt_cleanup_list_is_reported(host: Host) -> None:
     host.cleanup_list.parent.mkdir(parents=True)
     host.cleanup_list.write_text("{not json")

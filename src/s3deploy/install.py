@@ -183,6 +183,14 @@ def _plan(
             _walk(plan, source, destination)
         else:
             _add_file(plan, source, destination / source.name)
+    clash = next(
+        (f for f in plan.files if f.endswith(_TMP_SUFFIX) and f[: -len(_TMP_SUFFIX)] in plan.files), None
+    )
+    if clash is not None:
+        raise InstallError(
+            f"files: {clash} would be overwritten by the temporary copy of {clash[: -len(_TMP_SUFFIX)]}; "
+            f"rename it (names ending in {_TMP_SUFFIX} are the installer's own)"
+        )
     for dest in plan.dirs:
         _classify_dir(plan, dest, prev_files, prev_dirs)
     for dest in list(plan.files):
