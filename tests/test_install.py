@@ -9,12 +9,15 @@ import os
 import pwd
 import re
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from s3deploy import acl
 from s3deploy import install as install_module
 from s3deploy.appspec import AppSpec, load_appspec
 from s3deploy.errors import InstallError
@@ -274,11 +277,14 @@ def test_unknown_owner_fails_before_anything_changes(host: Host) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("    acls: ['u:nobody:r']\n", "acls need setfacl, not installed"),
         ("    context: {type: httpd_sys_content_t}\n", "context needs SELinux"),
+        (
+            "    acls: ['u:nobody:r', 'u:no-such-user-s3deploy:r']\n",
+            r"acls\[1\]: 'no-such-user-s3deploy' is not a user",
+        ),
     ],
 )
-def test_acls_and_context_need_their_tools(
+def test_context_needs_its_tools_and_bad_acls_fail_before_anything_changes(
     host: Host, monkeypatch: pytest.MonkeyPatch, extra: str, message: str
 ) -> None:
     monkeypatch.setenv("PATH", str(host.tmp / "empty-bin"))
@@ -287,6 +293,47 @@ def test_acls_and_context_need_their_tools(
     with pytest.raises(InstallError, match=message):
         install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
     assert not host.dest.exists()
+
+
+def test_acls_are_applied_without_setfacl(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CodeDeploy needs setfacl; s3deploy writes the ACL itself (no tool on PATH here)."""
+    monkeypatch.setenv("PATH", str(host.tmp / "empty-bin"))
+    nobody = pwd.getpwnam("nobody")
+    perms = (
+        f"permissions:\n  - object: {host.dest}\n    pattern: '**'\n    except: [secret.txt]\n"
+        "    type: [file, directory]\n    acls: ['u:nobody:r-x', 'd:u:nobody:r']\n"
+    )
+    bundle = host.release(
+        {"app/a.txt": "a", "app/secret.txt": "s", "app/sub/b.txt": "b"}, app_spec(host.dest, perms)
+    )
+    for name in ("a.txt", "secret.txt", "sub/b.txt"):
+        (bundle / "app" / name).chmod(0o600)
+    (bundle / "app" / "sub").chmod(0o755)
+    install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
+    a, sub, u = str(host.dest / "a.txt"), str(host.dest / "sub"), acl.UNDEFINED_ID
+    assert acl.read(a) == {
+        (acl.USER_OBJ, u): 6, (acl.USER, nobody.pw_uid): 5, (acl.GROUP_OBJ, u): 0,
+        (acl.MASK, u): 5, (acl.OTHER, u): 0,
+    }  # fmt: skip
+    assert os.stat(a).st_mode & 0o777 == 0o650  # the kernel shows the mask in the group bits, as setfacl
+    assert acl.read(str(host.dest / "secret.txt")) is None  # excepted
+    assert acl.read(a, acl.DEFAULT) is None  # a default entry is for folders only
+    assert acl.read(sub, acl.DEFAULT) == {
+        (acl.USER_OBJ, u): 7, (acl.USER, nobody.pw_uid): 4, (acl.GROUP_OBJ, u): 5,
+        (acl.MASK, u): 5, (acl.OTHER, u): 5,
+    }  # fmt: skip
+    # The kernel applies it: a file created in sub inherits nobody's entry.
+    (host.dest / "sub" / "new.txt").write_text("new")
+    assert (acl.USER, nobody.pw_uid) in (acl.read(str(host.dest / "sub" / "new.txt")) or {})
+    if os.geteuid() == 0:  # and enforces it: nobody reads a.txt, not secret.txt (both root's, mode 600)
+        code = (
+            "import os, sys\n"
+            "os.chdir(sys.argv[1]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[3]))\n"
+            "try:\n    print(open(sys.argv[4]).read())\nexcept PermissionError:\n    print('denied')\n"
+        )
+        as_nobody = [sys.executable, "-c", code, str(host.dest), str(nobody.pw_gid), str(nobody.pw_uid)]
+        assert subprocess.run([*as_nobody, "a.txt"], capture_output=True, text=True).stdout == "a\n"
+        assert subprocess.run([*as_nobody, "secret.txt"], capture_output=True, text=True).stdout == "denied\n"
 
 
 def test_stale_list_from_a_crash_is_cleaned_up(host: Host) -> None:

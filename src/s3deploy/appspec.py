@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from s3deploy import acl
 from s3deploy.errors import AppSpecError
 
 log = logging.getLogger(__name__)
@@ -404,7 +405,7 @@ def _permission(item: dict[Any, Any], key: str, problems: _Problems) -> Permissi
         owner=_string(item, "owner", key, problems),
         group=_string(item, "group", key, problems),
         mode=parse_mode(item.get("mode"), f"{key}.mode", problems),
-        acls=_strings(item.get("acls"), f"{key}.acls", problems),
+        acls=_acls(item.get("acls"), f"{key}.acls", problems),
         context=_context(item.get("context"), f"{key}.context", problems),
     )
     return perm if obj is not None and len(problems.lines) == before else None
@@ -469,6 +470,16 @@ def _strings(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
         problems.add(key, f"expected a list of strings, got {value!r}")
         return ()
     return tuple(items)
+
+
+def _acls(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
+    entries = _strings(value, key, problems)
+    for i, text in enumerate(entries):
+        try:
+            acl.parse(text)  # syntax only: users and groups are looked up on the host that installs
+        except acl.AclError as e:
+            problems.add(f"{key}[{i}]", str(e))
+    return entries
 
 
 def _kind(value: Any) -> str:

@@ -44,6 +44,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
 
+from s3deploy import acl
 from s3deploy.appspec import AppSpec, FileMapping, Permission
 from s3deploy.errors import InstallError
 
@@ -98,8 +99,9 @@ def install(
     """Install ``spec.files`` from ``bundle_root`` and record them in ``cleanup_list``; raises InstallError.
 
     ``default_destination`` receives the whole bundle when the appspec has no ``files``.
-    ``owner_check`` checks before anything changes that every permission's owner and group exist and that
-    setfacl/chcon are present when acls/context are used (False: they fail when applied).
+    ``owner_check`` checks before anything changes that every permission's owner and group exist, that
+    every acls entry parses and names a user/group of this host, and that chcon and SELinux are there
+    when context is used (False: they fail when applied).
     """
     started = time.monotonic()
     mappings = _mappings(spec, default_destination)
@@ -469,8 +471,11 @@ def _preflight_permissions(permissions: tuple[Permission, ...]) -> None:
             _lookup(pwd.getpwnam, perm.owner, f"{where}: owner {perm.owner!r} is not a user on this host")
         if perm.group is not None:
             _lookup(grp.getgrnam, perm.group, f"{where}: group {perm.group!r} is not a group on this host")
-        if perm.acls and shutil.which("setfacl") is None:
-            raise InstallError(f"{where}: acls need setfacl, not installed (package acl)")
+        for j, text in enumerate(perm.acls):
+            try:
+                acl.resolve(acl.parse(text))
+            except acl.AclError as e:
+                raise InstallError(f"{where}: acls[{j}]: {e}") from e
         if perm.context is not None and not _selinux_ready():
             raise InstallError(f"{where}: context needs SELinux enabled and chcon installed; it is not here")
 
@@ -496,7 +501,7 @@ def _apply_permissions(permissions: tuple[Permission, ...], plan: _Plan) -> None
                 continue
             try:
                 _apply_one(perm, path)
-            except (OSError, LookupError, subprocess.CalledProcessError) as e:
+            except (OSError, LookupError, acl.AclError, subprocess.CalledProcessError) as e:
                 detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
                 raise InstallError(
                     f"permissions (object {perm.object}): cannot apply to {path}: {detail}"
@@ -529,7 +534,7 @@ def _apply_one(perm: Permission, path: str) -> None:
     if perm.mode is not None:
         os.chmod(path, perm.mode)
     if perm.acls:
-        _run(["setfacl", "-m", ",".join(perm.acls), path])
+        acl.apply(path, [acl.parse(text) for text in perm.acls])
     if perm.context is not None:
         args = ["chcon", "-t", perm.context.type]
         args += ["-u", perm.context.user] if perm.context.user else []
