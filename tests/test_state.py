@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -449,3 +450,25 @@ def test_threads_share_one_store(store: StateStore) -> None:
         t.join()
     assert errors == []
     assert [len(store.history(f"T{n}")) for n in range(4)] == [25] * 4
+
+
+def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """The daemon starting while `status` polls: both create the schema and switch to WAL at the same
+    moment. SQLite answers the loser of the WAL switch "database is locked" at once, busy_timeout or not."""
+    for attempt in range(3):  # three fresh databases, eight processes each, released together
+        db, go = tmp_path / f"fresh{attempt}" / "state.db", tmp_path / f"go{attempt}"
+        code = """
+            import os, sys, time
+            from pathlib import Path
+            from s3deploy.state import StateStore
+            while not os.path.exists(sys.argv[2]):
+                time.sleep(0.001)
+            with StateStore(Path(sys.argv[1])) as s:
+                s.history("Web")
+            print("ok")
+        """
+        procs = [child(code, str(db), str(go)) for _ in range(8)]
+        time.sleep(0.5)  # every child is importing or waiting by now
+        go.touch()
+        results = [p.communicate(timeout=60) for p in procs]
+        assert [out for out, _ in results] == ["ok\n"] * 8, [err for _, err in results if err]

@@ -12,6 +12,7 @@ import secrets
 import sqlite3
 import string
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ INTERRUPTED_ERROR = "the agent stopped while this deployment was running"
 OUTPUT_TAIL_MAX_BYTES = 8192
 # record_poll() refreshes an unchanged section's last_poll_at at most this often: cheap, yet fresh enough.
 POLL_TOUCH_INTERVAL_S = 300.0
+#: How long opening the state database retries while another process is setting it up.
+OPEN_RETRY_S = 10.0
 _ID_ALPHABET = string.ascii_uppercase + string.digits
 
 # One entry per schema version; statements run one by one (executescript would commit mid-migration).
@@ -213,10 +216,9 @@ class StateStore:
         try:
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA busy_timeout = 5000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
+            self._set_up()
         except BaseException as e:
             self._conn.close()
             if isinstance(e, sqlite3.Error):
@@ -235,6 +237,25 @@ class StateStore:
         """Close the connection; the store cannot be used afterwards."""
         with self._lock:
             self._conn.close()
+
+    def _set_up(self) -> None:
+        """WAL mode and the current schema. Switching a new file to WAL needs it to itself, and SQLite
+        answers "database is locked" at once (busy_timeout does not apply) to a process that loses that
+        race, as `status` does when the daemon creates the file at the same moment: retry a while."""
+        deadline = time.monotonic() + OPEN_RETRY_S
+        delay = 0.01
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                self._migrate()
+                return
+            except (sqlite3.OperationalError, S3DeployError) as e:
+                if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                    raise
+                log.debug("state database %s busy while opening it (%s); retrying", self.path, e)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     def _migrate(self) -> None:
         """Bring the schema to SCHEMA_VERSION; processes racing here are ordered by BEGIN IMMEDIATE."""
