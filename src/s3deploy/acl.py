@@ -14,7 +14,9 @@ entry applies to folders only: on a file it is skipped (files cannot hold a defa
 from __future__ import annotations
 
 import errno
+import functools
 import grp
+import operator
 import os
 import pwd
 import stat
@@ -125,25 +127,41 @@ def _from_mode(mode: int) -> dict[tuple[int, int], int]:
     }
 
 
-def apply(path: str, entries: Sequence[Entry]) -> None:
-    """Merge ``entries`` into ``path``'s access ACL (and, on a folder, its default ACL)."""
+@dataclass(frozen=True)
+class Rule:
+    """An entry resolved on this host: what ``apply`` writes."""
+
+    default: bool
+    key: tuple[int, int]  # (tag, id)
+    perm: int
+
+
+def compile_rules(texts: Sequence[str]) -> list[Rule]:
+    """Parse and resolve entries once (a permission applies them to every matching path)."""
+    rules = []
+    for text in texts:
+        entry = parse(text)
+        rules.append(Rule(entry.default, resolve(entry), entry.perm))
+    return rules
+
+
+def apply(path: str, rules: Sequence[Rule]) -> None:
+    """Merge ``rules`` into ``path``'s access ACL (and, on a folder, its default ACL)."""
     st = os.stat(path)
     access = read(path, ACCESS) or _from_mode(st.st_mode)
     for default in (False, True):
-        mine = [e for e in entries if e.default == default]
+        mine = [r for r in rules if r.default == default]
         if not mine or (default and not stat.S_ISDIR(st.st_mode)):
             continue
         base = access if not default else read(path, DEFAULT) or {
             key: perm for key, perm in access.items() if key[0] in (USER_OBJ, GROUP_OBJ, OTHER)
         }  # fmt: skip
-        acl = dict(base)
-        for entry in mine:
-            acl[resolve(entry)] = entry.perm
-        named = [perm for (tag, _), perm in acl.items() if tag in (USER, GROUP, GROUP_OBJ)]
-        if not any(resolve(e)[0] == MASK for e in mine) and (
-            (MASK, UNDEFINED_ID) in acl or any(tag in (USER, GROUP) for tag, _ in acl)
-        ):
-            acl[(MASK, UNDEFINED_ID)] = _or(named)
+        acl = {**base, **{r.key: r.perm for r in mine}}
+        mask_given = any(r.key[0] == MASK for r in mine)
+        if not mask_given and any(tag in (USER, GROUP, MASK) for tag, _ in acl):
+            acl[(MASK, UNDEFINED_ID)] = functools.reduce(
+                operator.or_, (perm for (tag, _), perm in acl.items() if tag in (USER, GROUP, GROUP_OBJ)), 0
+            )
         try:
             os.setxattr(path, DEFAULT if default else ACCESS, encode(acl))
         except OSError as e:
@@ -152,10 +170,3 @@ def apply(path: str, entries: Sequence[Entry]) -> None:
             raise
         if not default:
             access = acl
-
-
-def _or(perms: list[int]) -> int:
-    value = 0
-    for perm in perms:
-        value |= perm
-    return value

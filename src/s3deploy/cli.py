@@ -375,7 +375,7 @@ def deploy(
         return
 
     async def action(w: Watcher) -> Any:
-        w.lock_names = sorted({name, *groups[name]})
+        w.lock_names = groups[name]
         return await check(w, force=force)
 
     with progress_bars(not json_) as progress:

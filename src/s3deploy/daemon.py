@@ -51,14 +51,18 @@ class Selection:
 
 
 def overlapping_groups(sections: Sequence[Section]) -> dict[str, list[str]]:
-    """For each section, the other sections whose ``destination`` is the same, inside or around it."""
-    groups: dict[str, list[str]] = {s.name: [] for s in sections}
+    """For each section, the sections locked when it deploys (sorted): itself, and those whose
+    ``destination`` is the same, inside or around it."""
+    groups: dict[str, list[str]] = {}
     for a in sections:
-        for b in sections:
-            if a.name == b.name or a.destination is None or b.destination is None:
-                continue
-            if a.destination.is_relative_to(b.destination) or b.destination.is_relative_to(a.destination):
-                groups[a.name].append(b.name)
+        groups[a.name] = sorted(
+            b.name
+            for b in sections
+            if a.name == b.name
+            or a.destination is not None
+            and b.destination is not None
+            and (a.destination.is_relative_to(b.destination) or b.destination.is_relative_to(a.destination))
+        )
     return groups
 
 
@@ -197,8 +201,7 @@ class Daemon:
         groups = overlapping_groups(sections)
         for name, running in list(self._running.items()):
             new = wanted.get(name)
-            locks = sorted({name, *groups.get(name, ())})  # as Watcher.lock_names: the section included
-            if new is None or new != running.watcher.section or locks != running.watcher.lock_names:
+            if new is None or new != running.watcher.section or groups[name] != running.watcher.lock_names:
                 logger.info(
                     "[%s] watcher %s", name, "removed" if new is None else "restarting with new settings"
                 )

@@ -129,20 +129,7 @@ class Deployer:
         state = self.agent.state
         dep_id = await asyncio.to_thread(state.new_deployment_id)
         release_dir = self._release_dir(dep_id)
-        await asyncio.to_thread(
-            state.start,
-            section=self.section.name,
-            bucket=rev.bucket,
-            key=rev.key,
-            etag=rev.etag,
-            version_id=rev.version_id,
-            identity=rev.identity,
-            release_dir=str(release_dir),
-            log_path=str(self._log_path(dep_id)),
-            forced=forced,
-            deployment_id=dep_id,
-        )
-        self._observe_start(dep_id)
+        await self._start(dep_id, rev, release_dir=str(release_dir), forced=forced)
         log = section_logger(logger, self.section.name, deployment_id=dep_id)
         log.info("deployment %s of s3://%s/%s (%s) started", dep_id, rev.bucket, rev.key, rev.identity)
         sink = OutputSink(log, self._log_path(dep_id))
@@ -311,7 +298,32 @@ class Deployer:
             self.agent.observer.deployment_finished(done)
         return done
 
-    def _observe_start(self, dep_id: str) -> None:
+    async def _start(
+        self,
+        dep_id: str,
+        source: Revision | Deployment,
+        *,
+        release_dir: str | None = None,
+        forced: bool = False,
+        rollback_of: str | None = None,
+        restores: str | None = None,
+    ) -> None:
+        """Record deployment ``dep_id`` of ``source``'s revision as running, and tell the observer."""
+        await asyncio.to_thread(
+            self.agent.state.start,
+            section=self.section.name,
+            bucket=source.bucket,
+            key=source.key,
+            etag=source.etag,
+            version_id=source.version_id,
+            identity=source.identity,
+            release_dir=release_dir,
+            log_path=str(self._log_path(dep_id)),
+            rollback_of=rollback_of,
+            restores=restores,
+            forced=forced,
+            deployment_id=dep_id,
+        )
         if self.agent.observer is not None:
             self.agent.observer.deployment_started(self.section.name, dep_id)
 
@@ -364,24 +376,8 @@ class Deployer:
         target = await self._load_release(good)
         if target is None:
             return None
-        state = self.agent.state
-        dep_id = await asyncio.to_thread(state.new_deployment_id)
-        restores = good.restores or good.id
-        await asyncio.to_thread(
-            state.start,
-            section=self.section.name,
-            bucket=good.bucket,
-            key=good.key,
-            etag=good.etag,
-            version_id=good.version_id,
-            identity=good.identity,
-            release_dir=None,
-            log_path=str(self._log_path(dep_id)),
-            rollback_of=rollback_of,
-            restores=restores,
-            deployment_id=dep_id,
-        )
-        self._observe_start(dep_id)
+        dep_id = await asyncio.to_thread(self.agent.state.new_deployment_id)
+        await self._start(dep_id, good, rollback_of=rollback_of, restores=good.restores or good.id)
         log = section_logger(logger, self.section.name, deployment_id=dep_id)
         sink = OutputSink(log, self._log_path(dep_id))
         try:

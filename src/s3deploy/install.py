@@ -473,7 +473,7 @@ def _preflight_permissions(permissions: tuple[Permission, ...]) -> None:
             _lookup(grp.getgrnam, perm.group, f"{where}: group {perm.group!r} is not a group on this host")
         for j, text in enumerate(perm.acls):
             try:
-                acl.resolve(acl.parse(text))
+                acl.compile_rules([text])
             except acl.AclError as e:
                 raise InstallError(f"{where}: acls[{j}]: {e}") from e
         if perm.context is not None and not _selinux_ready():
@@ -496,12 +496,18 @@ def _apply_permissions(permissions: tuple[Permission, ...], plan: _Plan) -> None
         return
     installed = [(p, True) for p in plan.owned_dirs] + [(p, False) for p in plan.files]
     for perm in permissions:
+        try:  # names are looked up once per permission, not once per file
+            uid = pwd.getpwnam(perm.owner).pw_uid if perm.owner is not None else -1
+            gid = grp.getgrnam(perm.group).gr_gid if perm.group is not None else -1
+            rules = acl.compile_rules(perm.acls)
+        except (LookupError, acl.AclError) as e:
+            raise InstallError(f"permissions (object {perm.object}): {e}") from e
         for path, is_dir in installed:
             if not _matches(perm, path, is_dir) or os.path.islink(path):
                 continue
             try:
-                _apply_one(perm, path)
-            except (OSError, LookupError, acl.AclError, subprocess.CalledProcessError) as e:
+                _apply_one(perm, path, uid, gid, rules)
+            except (OSError, acl.AclError, subprocess.CalledProcessError) as e:
                 detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
                 raise InstallError(
                     f"permissions (object {perm.object}): cannot apply to {path}: {detail}"
@@ -525,16 +531,14 @@ def _matches(perm: Permission, path: str, is_dir: bool) -> bool:
     return not any(fnmatchcase(name, pattern) for pattern in perm.except_)
 
 
-def _apply_one(perm: Permission, path: str) -> None:
+def _apply_one(perm: Permission, path: str, uid: int, gid: int, rules: list[acl.Rule]) -> None:
     # chown first: it clears setuid/setgid bits that a later chmod must be able to set
-    if perm.owner is not None or perm.group is not None:
-        uid = pwd.getpwnam(perm.owner).pw_uid if perm.owner is not None else -1
-        gid = grp.getgrnam(perm.group).gr_gid if perm.group is not None else -1
+    if uid != -1 or gid != -1:
         os.chown(path, uid, gid, follow_symlinks=False)
     if perm.mode is not None:
         os.chmod(path, perm.mode)
-    if perm.acls:
-        acl.apply(path, [acl.parse(text) for text in perm.acls])
+    if rules:
+        acl.apply(path, rules)
     if perm.context is not None:
         args = ["chcon", "-t", perm.context.type]
         args += ["-u", perm.context.user] if perm.context.user else []

@@ -36,8 +36,9 @@ class Watcher:
     def __init__(self, section: Section, agent: Agent, *, lock_names: Sequence[str] = ()) -> None:
         self.section = section
         self.agent = agent
-        #: Sections locked together when this one deploys (those whose destinations overlap with it).
-        self.lock_names = sorted({section.name, *lock_names})
+        #: Sections locked together when this one deploys: itself and those whose destinations overlap
+        #: with it (daemon.overlapping_groups), sorted.
+        self.lock_names = list(lock_names) or [section.name]
         self.endpoint = Endpoint(section.profile_name, section.region, section.endpoint_url)
         self.log = section_logger(logger, section.name)
         self.deployer = Deployer(section, agent, self.endpoint)
