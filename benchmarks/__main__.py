@@ -14,7 +14,7 @@ from botocore.config import Config
 
 from benchmarks.cases import CASES, Bench
 from benchmarks.harness import Row, metadata, render, write_results
-from s3deploy.seaweed import SeaweedServer
+from s3deploy.devtools.seaweed import SeaweedServer
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ import os
 import random
 from pathlib import Path
 
-from s3deploy.pack import make_zip
+from s3deploy.bundle.pack import make_zip
 
 WORDS = b"deploy bundle release hook script static asset index module config service worker".split()
 

@@ -26,7 +26,7 @@ def peak_rss_mib() -> float:
 
 
 async def _download(endpoint: str, bucket: str, key: str, dest: str) -> dict[str, Any]:
-    from s3deploy.s3 import Endpoint, S3Pool
+    from s3deploy.source.s3 import Endpoint, S3Pool
 
     ep = Endpoint(endpoint_url=endpoint)
     async with S3Pool() as pool:
@@ -39,7 +39,7 @@ async def _download(endpoint: str, bucket: str, key: str, dest: str) -> dict[str
 
 
 def _unpack(archive: str, dest: str) -> dict[str, Any]:
-    from s3deploy.bundle import unpack
+    from s3deploy.bundle.extract import unpack
 
     started = time.perf_counter()
     unpack(Path(archive), Path(dest), max_files=1_000_000, max_unpacked_bytes=1 << 40)
@@ -48,11 +48,11 @@ def _unpack(archive: str, dest: str) -> dict[str, Any]:
 
 async def _deploy(config_path: str, state_dir: str, section: str) -> dict[str, Any]:
     from s3deploy.config import load_config
-    from s3deploy.daemon import check
     from s3deploy.deployer import Agent
-    from s3deploy.locks import SectionLocks
-    from s3deploy.s3 import S3Pool
-    from s3deploy.state import StateStore
+    from s3deploy.runtime.daemon import check
+    from s3deploy.source.s3 import S3Pool
+    from s3deploy.state.locks import SectionLocks
+    from s3deploy.state.store import StateStore
     from s3deploy.watcher import Watcher
 
     sec = load_config(Path(config_path)).section(section)

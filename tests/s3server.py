@@ -26,8 +26,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from s3deploy.s3 import Endpoint, S3Pool
-from s3deploy.seaweed import SeaweedServer, free_port
+from s3deploy.devtools.seaweed import SeaweedServer, free_port
+from s3deploy.source.s3 import Endpoint, S3Pool
 
 _AWS_VARS = (
     "AWS_ACCESS_KEY_ID",

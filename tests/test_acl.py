@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from s3deploy import acl
-from s3deploy.acl import Entry
+from s3deploy.install import acl
+from s3deploy.install.acl import Entry
 
 
 @pytest.mark.parametrize(

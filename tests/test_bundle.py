@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from s3deploy import bundle
-from s3deploy.bundle import detect_format, unpack
+from s3deploy.bundle import extract as bundle
+from s3deploy.bundle.extract import detect_format, unpack
+from s3deploy.bundle.pack import make_zip
 from s3deploy.errors import BundleError
-from s3deploy.pack import make_zip
 
 BIG = 10**9
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from s3deploy import bundle
-from s3deploy.bundle import unpack
-from s3deploy.pack import make_zip
+from s3deploy.bundle import extract as bundle
+from s3deploy.bundle.extract import unpack
+from s3deploy.bundle.pack import make_zip
 from tests.test_bundle import *  # noqa: F403 - the same tests (and their fixtures), run below in parallel mode
 
 

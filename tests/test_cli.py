@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from s3deploy.seaweed import SeaweedServer, free_port
+from s3deploy.devtools.seaweed import SeaweedServer, free_port
 from tests.agent import (
     DaemonProcess,
     appspec,

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from s3deploy.seaweed import SeaweedServer
+from s3deploy.devtools.seaweed import SeaweedServer
 from tests.agent import (
     APPSPEC_HEADER,
     DaemonProcess,

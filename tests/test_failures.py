@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from s3deploy.seaweed import SeaweedServer
-from s3deploy.state import StateStore
+from s3deploy.devtools.seaweed import SeaweedServer
+from s3deploy.state.store import StateStore
 from tests.agent import (
     DaemonProcess,
     appspec,

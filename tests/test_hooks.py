@@ -1,4 +1,4 @@
-"""Tests for s3deploy.hooks: real shell scripts, real processes, real signals."""
+"""Tests for s3deploy.lifecycle.hooks: real shell scripts, real processes, real signals."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from s3deploy.errors import HookFailed
-from s3deploy.hooks import RUNAS_PATH, HookResult, run_hook
+from s3deploy.lifecycle.hooks import RUNAS_PATH, HookResult, run_hook
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -213,7 +213,7 @@ async def test_term_ignored_gets_sigkill_after_grace(
         "stubborn.sh",
         f"trap '' TERM\nsleep 1000 &\necho $! > {tmp_path}/bg.pid\nwhile true; do sleep 0.05; done\n",
     )
-    caplog.set_level(logging.INFO, logger="s3deploy.hooks")
+    caplog.set_level(logging.INFO, logger="s3deploy.lifecycle.hooks")
     started = time.monotonic()
     with pytest.raises(HookFailed) as info:
         await run_hook(

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from s3deploy import acl
-from s3deploy import install as install_module
 from s3deploy.appspec import AppSpec, load_appspec
 from s3deploy.errors import InstallError
-from s3deploy.install import InstallReport, install, read_cleanup_list
+from s3deploy.install import acl
+from s3deploy.install import installer as install_module
+from s3deploy.install.installer import InstallReport, install, read_cleanup_list
 
 Tree = dict[str, str]
 

@@ -15,7 +15,7 @@ import pytest
 
 import s3deploy
 from s3deploy.errors import LockBusy
-from s3deploy.locks import InstanceLock, SectionLocks, read_holder_pid
+from s3deploy.state.locks import InstanceLock, SectionLocks, read_holder_pid
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ HOLDER = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from s3deploy.locks import InstanceLock, SectionLocks
+    from s3deploy.state.locks import InstanceLock, SectionLocks
     state_dir, kind, *sections = sys.argv[1:]
     if kind == "instance":
         lock = InstanceLock(Path(state_dir))

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from s3deploy.devtools.seaweed import SeaweedServer, free_port
 from s3deploy.metrics import Monitor, status_line, write_textfile
-from s3deploy.seaweed import SeaweedServer, free_port
-from s3deploy.state import StateStore
+from s3deploy.state.store import StateStore
 from tests.agent import DaemonProcess, appspec, cli, hook_script, wait_until, write_config, zip_bytes
 
 KEY = "app/bundle.zip"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.notify import Notifier
-from s3deploy.seaweed import SeaweedServer
 from tests.agent import DaemonProcess, appspec, hook_script, zip_bytes
 from tests.agent import write_config as write_ini
 

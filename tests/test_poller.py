@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from s3deploy import poller
 from s3deploy.errors import SourceError
-from s3deploy.s3 import Endpoint, S3Pool
+from s3deploy.source import poller
+from s3deploy.source.s3 import Endpoint, S3Pool
 
 MakeBucket = Callable[..., str]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from s3deploy.devtools.seaweed import free_port
 from s3deploy.errors import RevisionChanged, SourceError
-from s3deploy.s3 import Endpoint, Revision, S3Pool, translate_error
-from s3deploy.seaweed import free_port
+from s3deploy.source.s3 import Endpoint, Revision, S3Pool, translate_error
 from tests.s3server import Fault, FaultProxy, sync_client
 
 MakeBucket = Callable[..., str]

@@ -19,7 +19,7 @@ import pytest
 
 import s3deploy
 from s3deploy.errors import S3DeployError
-from s3deploy.state import (
+from s3deploy.state.store import (
     INTERRUPTED_ERROR,
     OUTPUT_TAIL_MAX_BYTES,
     POLL_TOUCH_INTERVAL_S,
@@ -394,7 +394,7 @@ def test_another_process_writes_while_this_one_reads_and_writes(tmp_path: Path) 
     code = """
         import sys, time
         from pathlib import Path
-        from s3deploy.state import StateStore
+        from s3deploy.state.store import StateStore
         s = StateStore(Path(sys.argv[1]))
         d = s.start(section="Other", bucket="b", key="k", etag=None, version_id=None,
                     identity="v0", release_dir=None, log_path=None)
@@ -460,7 +460,7 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) 
         code = """
             import os, sys, time
             from pathlib import Path
-            from s3deploy.state import StateStore
+            from s3deploy.state.store import StateStore
             while not os.path.exists(sys.argv[2]):
                 time.sleep(0.001)
             with StateStore(Path(sys.argv[1])) as s:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from s3deploy import transfer
 from s3deploy.errors import RevisionChanged, SourceError
-from s3deploy.s3 import Endpoint, S3Pool
-from s3deploy.transfer import crc32_combine, split
+from s3deploy.source import transfer
+from s3deploy.source.s3 import Endpoint, S3Pool
+from s3deploy.source.transfer import crc32_combine, split
 
 MakeBucket = Callable[..., str]
 PART = 256 * 1024

@@ -13,9 +13,9 @@ import pytest
 from s3deploy.config import Section
 from s3deploy.deployer import Agent
 from s3deploy.detection import decide
-from s3deploy.locks import SectionLocks
-from s3deploy.s3 import Revision, S3Pool
-from s3deploy.state import Deployment, StateStore
+from s3deploy.source.s3 import Revision, S3Pool
+from s3deploy.state.locks import SectionLocks
+from s3deploy.state.store import Deployment, StateStore
 from s3deploy.watcher import Watcher
 from tests.agent import appspec, zip_bytes
 from tests.s3server import Fault, FaultProxy

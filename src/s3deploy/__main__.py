@@ -1,3 +1,3 @@
-from s3deploy.cli import main
+from s3deploy.cli.app import main
 
 main()

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from s3deploy import acl
 from s3deploy.errors import AppSpecError
+from s3deploy.install import acl
 
 log = logging.getLogger(__name__)
 

@@ -21,16 +21,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 from s3deploy.appspec import load_appspec
-from s3deploy.bundle import unpack
+from s3deploy.bundle.extract import unpack
 from s3deploy.config import Section
-from s3deploy.deploylog import OutputSink
 from s3deploy.errors import RevisionChanged, S3DeployError, SourceError
-from s3deploy.locks import SectionLocks
+from s3deploy.lifecycle.deploylog import OutputSink
+from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
 from s3deploy.log import SectionAdapter, section_logger
 from s3deploy.metrics import Observer
-from s3deploy.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
-from s3deploy.s3 import Endpoint, ProgressCallback, Revision, S3Pool
-from s3deploy.state import Deployment, StateStore
+from s3deploy.source.s3 import Endpoint, ProgressCallback, Revision, S3Pool
+from s3deploy.state.locks import SectionLocks
+from s3deploy.state.store import Deployment, StateStore
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from s3deploy.config import Section
-from s3deploy.s3 import Revision
-from s3deploy.state import Deployment
+from s3deploy.source.s3 import Revision
+from s3deploy.state.store import Deployment
 
 
 @dataclass(frozen=True)

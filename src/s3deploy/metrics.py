@@ -25,7 +25,7 @@ from typing import Protocol
 
 from s3deploy import __version__
 from s3deploy.errors import ConfigError
-from s3deploy.state import STATUSES, Deployment, StateStore
+from s3deploy.state.store import STATUSES, Deployment, StateStore
 
 logger = logging.getLogger(__name__)
 

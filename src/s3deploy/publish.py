@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from s3deploy.appspec import check_bundle
-from s3deploy.bundle import unpack
+from s3deploy.bundle.extract import unpack
+from s3deploy.bundle.pack import make_zip
 from s3deploy.errors import AppSpecError, BundleError
-from s3deploy.pack import make_zip
-from s3deploy.s3 import Endpoint, ProgressCallback, S3Pool
+from s3deploy.source.s3 import Endpoint, ProgressCallback, S3Pool
 
 #: Limits for `validate ARCHIVE`: the config defaults (no section applies).
 CHECK_MAX_FILES = 200_000

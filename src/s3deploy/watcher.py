@@ -19,8 +19,8 @@ from s3deploy.deployer import Agent, Deployer, recover_interrupted
 from s3deploy.detection import Decision, decide
 from s3deploy.errors import S3DeployError, SourceError
 from s3deploy.log import section_logger
-from s3deploy.s3 import Endpoint, Revision
-from s3deploy.state import Deployment
+from s3deploy.source.s3 import Endpoint, Revision
+from s3deploy.state.store import Deployment
 
 logger = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from botocore.config import Config
 from botocore.loaders import JSONFileLoader, create_loader
 
 from s3deploy.errors import RevisionChanged, SourceError
-from s3deploy.poller import BucketLister
-from s3deploy.transfer import Checksum, Download
-from s3deploy.transfer import ProgressCallback as ProgressCallback  # re-exported for callers
+from s3deploy.source.poller import BucketLister
+from s3deploy.source.transfer import Checksum, Download
+from s3deploy.source.transfer import ProgressCallback as ProgressCallback  # re-exported for callers
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ class S3Pool:
     async def poll(self, ep: Endpoint, bucket: str, key: str) -> Revision:
         """What a watcher's poll sees: a HEAD, or a share of one LIST for sections sharing the bucket.
 
-        See :mod:`s3deploy.poller`. Errors are the ones :meth:`head` raises for the key.
+        See :mod:`s3deploy.source.poller`. Errors are the ones :meth:`head` raises for the key.
         """
         lister = self._listers.get((ep, bucket))
         if lister is None:
@@ -403,7 +403,7 @@ class S3Pool:
 
         Every GET is pinned (VersionId, else If-Match on the ETag), so a replaced object raises
         RevisionChanged instead of mixing revisions. Objects from ``transfer.RANGED_MIN_BYTES`` up are
-        fetched in parallel ranges (see :mod:`s3deploy.transfer`). ``progress`` gets the byte count of
+        fetched in parallel ranges (see :mod:`s3deploy.source.transfer`). ``progress`` gets the byte count of
         each written block. On any error ``dest`` may hold partial data; the caller removes it.
         """
         client = await self.client(ep)

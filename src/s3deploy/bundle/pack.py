@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3deploy.bundle import CHUNK_BYTES, link_problem
+from s3deploy.bundle.extract import CHUNK_BYTES, link_problem
 from s3deploy.errors import BundleError
 
 log = logging.getLogger(__name__)

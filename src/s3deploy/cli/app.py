@@ -18,17 +18,17 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from s3deploy import __version__
+from s3deploy.cli.output import ProgressFactory, print_error, print_table, progress_bars
+from s3deploy.cli.report import HISTORY_COLUMNS, STATUS_COLUMNS, history_row, section_status, status_row
 from s3deploy.config import DEFAULT_SECTION, Config, Section, find_config_path, load_config
-from s3deploy.daemon import Daemon, Selection, check, overlapping_groups, run_once
 from s3deploy.deployer import Agent
 from s3deploy.errors import AppSpecError, ConfigError, LockBusy, S3DeployError
-from s3deploy.locks import SectionLocks
 from s3deploy.log import setup_logging
-from s3deploy.output import ProgressFactory, print_error, print_table, progress_bars
 from s3deploy.publish import check_path, publish_bundle
-from s3deploy.report import HISTORY_COLUMNS, STATUS_COLUMNS, history_row, section_status, status_row
-from s3deploy.s3 import Endpoint, S3Pool
-from s3deploy.state import Deployment, StateStore
+from s3deploy.runtime.daemon import Daemon, Selection, check, overlapping_groups, run_once
+from s3deploy.source.s3 import Endpoint, S3Pool
+from s3deploy.state.locks import SectionLocks
+from s3deploy.state.store import Deployment, StateStore
 from s3deploy.watcher import Watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
@@ -527,7 +527,7 @@ def demo(
     ),
 ) -> None:
     """What `make demo` runs: a local SeaweedFS, publish examples/bundle, deploy it, report."""
-    from s3deploy.demo import run_demo
+    from s3deploy.devtools.demo import run_demo
 
     setup_logging("INFO", "text", None)
     raise typer.Exit(_guard(lambda: run_demo(workdir)))

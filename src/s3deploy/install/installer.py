@@ -44,9 +44,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TypeVar
 
-from s3deploy import acl
 from s3deploy.appspec import AppSpec, FileMapping, Permission
 from s3deploy.errors import InstallError
+from s3deploy.install import acl
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from s3deploy.appspec import check_bundle
+from s3deploy.bundle.pack import make_zip
+from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.errors import S3DeployError
-from s3deploy.pack import make_zip
-from s3deploy.s3 import Endpoint, Revision, S3Pool
-from s3deploy.seaweed import SeaweedServer
+from s3deploy.source.s3 import Endpoint, Revision, S3Pool
 
 BUCKET = "s3deploy-demo"
 KEY = "example/app.zip"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from s3deploy.appspec import TRAFFIC_EVENTS, AppSpec, HookScript
 from s3deploy.errors import HookFailed, S3DeployError
-from s3deploy.hooks import run_hook
-from s3deploy.install import install
+from s3deploy.install.installer import install
+from s3deploy.lifecycle.hooks import run_hook
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from s3deploy.errors import SourceError
 
 if TYPE_CHECKING:
-    from s3deploy.s3 import Endpoint, Revision, S3Pool
+    from s3deploy.source.s3 import Endpoint, Revision, S3Pool
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 from s3deploy.config import Config, Section, load_config
 from s3deploy.deployer import Agent, recover_interrupted
 from s3deploy.errors import ConfigError, LockBusy, S3DeployError, SourceError
-from s3deploy.locks import InstanceLock, SectionLocks
 from s3deploy.metrics import Monitor
 from s3deploy.notify import Notifier
-from s3deploy.s3 import S3Pool
-from s3deploy.state import Deployment, StateStore
+from s3deploy.source.s3 import S3Pool
+from s3deploy.state.locks import InstanceLock, SectionLocks
+from s3deploy.state.store import Deployment, StateStore
 from s3deploy.watcher import Watcher
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from s3deploy.cli.output import iso_ts, ts
 from s3deploy.config import Section
-from s3deploy.output import iso_ts, ts
-from s3deploy.state import Deployment, StateStore
+from s3deploy.state.store import Deployment, StateStore
 
 STATUS_COLUMNS = ("section", "state", "suspended", "installed", "since", "last", "result", "error")
 HISTORY_COLUMNS = ("id", "status", "started", "took", "revision", "event", "note")

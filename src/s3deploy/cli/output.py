@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from s3deploy.s3 import ProgressCallback
+from s3deploy.source.s3 import ProgressCallback
 
 if TYPE_CHECKING:
     from rich.console import Console

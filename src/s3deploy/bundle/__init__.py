@@ -1,0 +1,1 @@
+"""Bundles: archive safety checks, safe unpack, pack."""

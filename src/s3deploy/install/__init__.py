@@ -1,0 +1,1 @@
+"""The Install step: plan, copy, permissions, ACLs, the cleanup list."""

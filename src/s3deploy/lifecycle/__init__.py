@@ -1,0 +1,1 @@
+"""The CodeDeploy lifecycle: the events in order, and one hook process each."""
