@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 from s3deploy.appspec import load_appspec
 from s3deploy.bundle.extract import unpack
+from s3deploy.common.backoff import backoff_delay
 from s3deploy.config import Section
 from s3deploy.errors import RevisionChanged, S3DeployError, SourceError
 from s3deploy.lifecycle.deploylog import OutputSink
@@ -29,6 +28,7 @@ from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Lifecycle, Lifecycl
 from s3deploy.log import SectionAdapter, section_logger
 from s3deploy.metrics import Observer
 from s3deploy.source.s3 import Endpoint, ProgressCallback, Revision, S3Pool
+from s3deploy.state.layout import StateLayout
 from s3deploy.state.locks import SectionLocks
 from s3deploy.state.store import Deployment, StateStore
 
@@ -55,6 +55,11 @@ class Agent:
     #: Told about polls and deployments (metrics, systemd STATUS).
     observer: Observer | None = None
     _data_version: int = -1
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(self.state_dir)
+
     _data_version_at: float = float("-inf")
 
     async def state_token(self) -> tuple[int, int]:
@@ -96,18 +101,17 @@ class Deployer:
         self.agent = agent
         self.endpoint = endpoint
         self.log = section_logger(logger, section.name)
-        self._dir_name = quote(section.name, safe="")
         self.group_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3deploy:{section.name}"))
 
     def _release_dir(self, deployment_id: str) -> Path:
-        return self.agent.state_dir / "releases" / self._dir_name / deployment_id
+        return self.agent.layout.release_dir(self.section.name, deployment_id)
 
     def _log_path(self, deployment_id: str) -> Path:
-        return self.agent.state_dir / "logs" / self._dir_name / f"{deployment_id}.log"
+        return self.agent.layout.log_file(self.section.name, deployment_id)
 
     @property
     def cleanup_list(self) -> Path:
-        return self.agent.state_dir / "installed" / f"{self._dir_name}.list"
+        return self.agent.layout.cleanup_list(self.section.name)
 
     def _env(self, deployment_id: str, rev_like: Deployment | Revision) -> dict[str, str]:
         env = dict(os.environ)
@@ -188,7 +192,7 @@ class Deployer:
                 # botocore retries failed requests, not a body cut or corrupted mid-way: a fresh GET does.
                 if not e.retryable or isinstance(e, RevisionChanged) or attempt == DOWNLOAD_ATTEMPTS:
                     raise
-                delay = min(self.section.poll_interval_s, 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                delay = backoff_delay(attempt, cap_s=self.section.poll_interval_s)
                 log.warning(
                     "DownloadBundle: attempt %d of %d failed, retrying in %.1fs: %s",
                     attempt,
@@ -411,7 +415,7 @@ class Deployer:
             self.log.debug("pruned release %s", dep.id)
         trimmed = await asyncio.to_thread(state.trim_history, self.section.name, self.section.keep_history)
         if trimmed:
-            await asyncio.to_thread(_delete_logs, self.agent.state_dir / "logs", trimmed)
+            await asyncio.to_thread(_delete_logs, self.agent.layout.logs_root, trimmed)
             self.log.info("history: %d old deployment record(s) deleted (keep_history)", len(trimmed))
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from s3deploy import __version__
+from s3deploy.common.files import atomic_write
 from s3deploy.errors import ConfigError
 from s3deploy.state.store import STATUSES, Deployment, StateStore
 
@@ -289,14 +288,4 @@ class Monitor:
 
 def write_textfile(path: Path, body: str) -> None:
     """Write ``body`` to ``path`` atomically (node_exporter never reads half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(body)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, body, mode=0o644, durable=False)

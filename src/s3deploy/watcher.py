@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 
+from s3deploy.common.backoff import backoff_delay
 from s3deploy.config import Section
 from s3deploy.deployer import Agent, Deployer, recover_interrupted
 from s3deploy.detection import Decision, decide
@@ -71,7 +71,7 @@ class Watcher:
                 await asyncio.to_thread(
                     self.agent.state.record_poll, self.section.name, identity=None, error=str(e)
                 )
-                delay = min(interval, 2.0 ** (failures - 1)) * random.uniform(0.5, 1.0)
+                delay = backoff_delay(failures, cap_s=interval)
             except S3DeployError as e:
                 self.log.error("%s", e)
                 delay = interval
@@ -116,7 +116,12 @@ class Watcher:
             done = await self.deployer.deploy(rev, forced=force)
         if done.transient:
             self._download_failures += 1
-            backoff = min(sec.poll_interval_s * 2 ** (self._download_failures - 1), MAX_DOWNLOAD_BACKOFF_S)
+            backoff = backoff_delay(
+                self._download_failures,
+                base_s=sec.poll_interval_s,
+                cap_s=MAX_DOWNLOAD_BACKOFF_S,
+                jitter=False,
+            )
             self._download_retry_at = time.monotonic() + backoff
             self.log.warning("download will be retried in %.0fs", backoff)
         else:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from s3deploy.cli.output import iso_ts, ts
 from s3deploy.config import Section
+from s3deploy.state.layout import StateLayout
 from s3deploy.state.store import Deployment, StateStore
 
 STATUS_COLUMNS = ("section", "state", "suspended", "installed", "since", "last", "result", "error")
@@ -32,7 +32,7 @@ def section_status(store: StateStore, section: Section, state_dir: Path) -> dict
     current = store.current(section.name)
     last = store.last_attempt(section.name)
     record = store.get_section(section.name)
-    releases = state_dir / "releases" / quote(section.name, safe="")
+    releases = StateLayout(state_dir).section_releases(section.name)
     return {
         "name": section.name,
         "bucket": section.s3_bucket,

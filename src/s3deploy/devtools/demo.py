@@ -23,6 +23,7 @@ from s3deploy.bundle.pack import make_zip
 from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.errors import S3DeployError
 from s3deploy.source.s3 import Endpoint, Revision, S3Pool
+from s3deploy.state.layout import StateLayout
 
 BUCKET = "s3deploy-demo"
 KEY = "example/app.zip"
@@ -167,7 +168,7 @@ def _report(status: dict[str, object], app_dir: Path, state_dir: Path) -> int:
         _say("the agent did not deploy within the time limit")
         return 1
     _say(f"deployment {last['id']}: {last['status']}")
-    log = state_dir / "logs" / SECTION / f"{last['id']}.log"
+    log = StateLayout(state_dir).log_file(SECTION, str(last["id"]))
     if log.is_file():
         _say(f"hook output ({log.relative_to(state_dir.parent)}):")
         for line in log.read_text().splitlines():

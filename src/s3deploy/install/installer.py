@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from s3deploy.appspec import AppSpec, FileMapping, Permission
+from s3deploy.common.files import atomic_write
 from s3deploy.errors import InstallError
 from s3deploy.install import acl
 
@@ -281,19 +282,8 @@ def _union(first: list[str], second: list[str]) -> list[str]:
 def _write_list(path: Path, files: list[str], dirs: list[str]) -> None:
     """Replace the cleanup list atomically (tmp + fsync + rename + fsync of the folder)."""
     data = json.dumps({"version": _LIST_VERSION, "files": files, "dirs": dirs}, indent=0)
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, data)
     except OSError as e:
         raise InstallError(f"cannot write cleanup list {path}: {e}") from e
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import quote
 
 from s3deploy.errors import LockBusy, S3DeployError
+from s3deploy.state.layout import StateLayout
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,6 @@ POLL_MIN_S = 0.05
 POLL_MAX_S = 0.5
 # wait=False still retries this long: a `status` probe holds a section's flock for microseconds.
 BUSY_GRACE_S = 0.2
-_MAX_NAME_BYTES = 200
 
 
 def _open_lock_file(path: Path) -> int:
@@ -86,7 +84,7 @@ class InstanceLock:
     """STATE_DIR/daemon.lock: at most one daemon per state directory (a second one gets LockBusy)."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = Path(state_dir) / "daemon.lock"
+        self.path = StateLayout(Path(state_dir)).daemon_lock
         self._fd: int | None = None
 
     @property
@@ -154,16 +152,14 @@ class SectionLocks:
     (across processes: daemon vs one-shot commands). Per destination folder: see ``hold_destinations``."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.lock_dir = Path(state_dir) / "locks"
+        self.layout = StateLayout(Path(state_dir))
+        self.lock_dir = self.layout.lock_dir
         self._async_locks: dict[str, asyncio.Lock] = {}
         self._fds: dict[str, int] = {}
 
     def lock_path(self, section: str) -> Path:
         """The lock file of ``section``; any section name maps to one safe file name."""
-        name = quote(section, safe="")
-        if len(name.encode()) > _MAX_NAME_BYTES:  # file names are limited to 255 bytes
-            name = name[:100] + "-" + hashlib.sha256(section.encode()).hexdigest()[:16]
-        return self.lock_dir / f"{name}.lock"
+        return self.layout.section_lock(section)
 
     @asynccontextmanager
     async def hold(self, sections: Sequence[str], *, wait: bool) -> AsyncIterator[None]:
@@ -185,7 +181,7 @@ class SectionLocks:
 
     def destination_lock_path(self, root: str) -> Path:
         """The lock file standing for the folder ``root`` (any path maps to one short file name)."""
-        return self.lock_dir / "paths" / f"{hashlib.sha256(root.encode()).hexdigest()[:32]}.lock"
+        return self.layout.destination_lock(root)
 
     @asynccontextmanager
     async def hold_destinations(

@@ -1,0 +1,1 @@
+"""Small mechanisms every stage uses, each written once: backoff, atomic writes, terminal-safe text."""
