@@ -1,6 +1,7 @@
 """Real OpenSSH keys and the ssh-keygen commands the signing tests compare s3deploy against.
 
-Fixtures: ``ssh_keys`` (session): one key of every supported type, made by ``ssh-keygen``;
+Fixtures (a test module imports ``ssh_keys_fixture``/``rsa4096_fixture`` to use them): ``ssh_keys``
+(session): one key of every supported type, made by ``ssh-keygen``;
 ``rsa4096`` (session): an rsa-4096 key for the metadata size limit.
 Helpers: ``keygen_sign`` / ``keygen_verify`` run ``ssh-keygen -Y sign`` / ``-Y verify`` themselves,
 ``signers_file`` writes an allowed_signers file, ``sshsig`` builds SSHSIG blobs for crafted cases.
@@ -44,8 +45,12 @@ class SshKey:
 
     @property
     def fingerprint(self) -> str:
-        out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(self.public)],
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["ssh-keygen", "-l", "-E", "sha256", "-f", str(self.public)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return out.split()[1]
 
 
@@ -55,36 +60,46 @@ def make_key(directory: Path, name: str, args: list[str]) -> SshKey:
     return SshKey(name, path, path.with_name(f"{name}.pub"))
 
 
-@pytest.fixture(scope="session")
-def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SshKey]:
+@pytest.fixture(scope="session", name="ssh_keys")
+def ssh_keys_fixture(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SshKey]:
     directory = tmp_path_factory.mktemp("sshkeys")
     return {name: make_key(directory, name, args) for name, args in KEY_TYPES.items()}
 
 
-@pytest.fixture(scope="session")
-def rsa4096(tmp_path_factory: pytest.TempPathFactory) -> SshKey:
+@pytest.fixture(scope="session", name="rsa4096")
+def rsa4096_fixture(tmp_path_factory: pytest.TempPathFactory) -> SshKey:
     return make_key(tmp_path_factory.mktemp("rsa4096"), "rsa4096", ["-t", "rsa", "-b", "4096"])
 
 
-def keygen_sign(key: SshKey, message: bytes, tmp: Path, *, namespace: str = "s3deploy",
-                hashalg: str | None = None) -> str:  # fmt: skip
+def keygen_sign(
+    key: SshKey, message: bytes, tmp: Path, *, namespace: str = "s3deploy", hashalg: str | None = None
+) -> str:
     """``ssh-keygen -Y sign`` of ``message``; the armoured signature."""
     path = tmp / "message"
     path.write_bytes(message)
     Path(f"{path}.sig").unlink(missing_ok=True)
     extra = ["-O", f"hashalg={hashalg}"] if hashalg else []
-    subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-n", namespace, "-f", str(key.private), *extra, str(path)],
-                   check=True, capture_output=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        ["ssh-keygen", "-q", "-Y", "sign", "-n", namespace, "-f", str(key.private), *extra, str(path)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     return Path(f"{path}.sig").read_text()
 
 
-def keygen_verify(signers: Path, principal: str, signature: str, message: bytes, tmp: Path, *,
-                  namespace: str = "s3deploy") -> bool:  # fmt: skip
+def keygen_verify(
+    signers: Path, principal: str, signature: str, message: bytes, tmp: Path, *, namespace: str = "s3deploy"
+) -> bool:
     """``ssh-keygen -Y verify``'s verdict."""
     sig = tmp / "verify.sig"
     sig.write_text(signature)
-    done = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", principal, "-n", namespace,
-                           "-s", str(sig)], input=message, capture_output=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["ssh-keygen", "-Y", "verify", "-f", str(signers), "-I", principal, "-n", namespace, "-s", str(sig)],
+        input=message,
+        capture_output=True,
+        check=False,
+    )
     return done.returncode == 0
 
 
@@ -98,12 +113,27 @@ def string(data: bytes | str) -> bytes:
     return struct.pack(">I", len(raw)) + raw
 
 
-def sshsig(public_blob: bytes, namespace: str, hashalg: str, sig_type: str, sig_blob: bytes, *,
-           version: int = 1, reserved: bytes = b"") -> bytes:  # fmt: skip
+def sshsig(
+    public_blob: bytes,
+    namespace: str,
+    hashalg: str,
+    sig_type: str,
+    sig_blob: bytes,
+    *,
+    version: int = 1,
+    reserved: bytes = b"",
+) -> bytes:
     """An SSHSIG blob from its parts (PROTOCOL.sshsig)."""
     inner = string(sig_type) + string(sig_blob)
-    return (b"SSHSIG" + struct.pack(">I", version) + string(public_blob) + string(namespace) + string(reserved)
-            + string(hashalg) + string(inner))  # fmt: skip
+    return (
+        b"SSHSIG"
+        + struct.pack(">I", version)
+        + string(public_blob)
+        + string(namespace)
+        + string(reserved)
+        + string(hashalg)
+        + string(inner)
+    )
 
 
 def armour(blob: bytes) -> str:

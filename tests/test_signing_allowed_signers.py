@@ -10,7 +10,11 @@ import pytest
 
 from s3deploy.signing import SignersFileError, check_signers_file, load_signers
 from s3deploy.signing.allowed_signers import match_pattern_list, parse_time
-from tests.signing_keys import SshKey, signers_file, ssh_keys  # noqa: F401 - fixture
+from tests.signing_keys import (
+    SshKey,
+    signers_file,
+    ssh_keys_fixture,  # noqa: F401 - fixtures
+)
 
 
 def test_comments_blank_lines_quotes_and_options(ssh_keys: dict[str, SshKey], tmp_path: Path) -> None:
@@ -21,15 +25,18 @@ def test_comments_blank_lines_quotes_and_options(ssh_keys: dict[str, SshKey], tm
         "\n"
         "   \t\n"
         f"  ci@example.com,ops@example.com {ed.public.read_text().strip()}\r\n"  # comment kept, CRLF
-        f'"release bot" Namespaces="s3deploy,git",VALID-AFTER="20240101",valid-before="20300101Z" {rsa.line}\n'
+        f'"release bot" Namespaces="s3deploy,git",VALID-AFTER="20240101",valid-before="20300101Z" '
+        f"{rsa.line}\n"
         f'*@example.com valid-before="203001011230" {ec.line} trailing comment\n'
         "    # indented comment\n"
     )
     assert check_signers_file(path) == []
     entries = load_signers(path).entries
     assert [(e.line, e.principals) for e in entries] == [
-        (4, "ci@example.com,ops@example.com"), (5, "release bot"), (6, "*@example.com"),
-    ]  # fmt: skip
+        (4, "ci@example.com,ops@example.com"),
+        (5, "release bot"),
+        (6, "*@example.com"),
+    ]
     assert entries[1].namespaces == "s3deploy,git"
     assert entries[1].valid_before == calendar.timegm((2030, 1, 1, 0, 0, 0))
     assert entries[1].valid_after == parse_time("20240101")

@@ -21,7 +21,7 @@ from s3deploy.signing import (
     verify_revision,
 )
 from s3deploy.signing.manifest import METADATA_LIMIT_BYTES, metadata_size, parse_manifest
-from tests.signing_keys import SshKey, keygen_sign, rsa4096, signers_file, ssh_keys  # noqa: F401 - fixtures
+from tests.signing_keys import SshKey, keygen_sign, rsa4096_fixture, signers_file, ssh_keys_fixture  # noqa: F401 - fixtures
 
 SHA = hashlib.sha256(b"bundle").hexdigest()
 
@@ -69,7 +69,7 @@ HOSTILE = [
     (b'{"v": 1, "bucket": "b", "key": "k", "sha256": "%s", "size": 1.5, "serial": 1}', '"size" must be'),
     (b'{"v": 1, "bucket": "b", "key": "k", "sha256": "%s", "size": 1, "serial": 9223372036854775808}',
      '"serial" must be'),
-    (b'{"v": 1, "bucket": "b", "key": "k", "sha256": "%s", "size": 1, "serial": NaN}', "NaN, which is not JSON"),
+    (b'{"v": 1, "bucket": "b", "key": "k", "sha256": "%s", "size": 1, "serial": NaN}', "not JSON"),
     (b'{"v": 1, "bucket": "", "key": "k", "sha256": "%s", "size": 1, "serial": 1}', '"bucket" must be'),
     (b'{"v": 1, "bucket": "b", "key": 5, "sha256": "%s", "size": 1, "serial": 1}', '"key" must be'),
     (b'{"v": 1, "bucket": "b", "key": "%s", "sha256": "%s", "size": 1, "serial": 1}' % (b"k" * 1025, b"%s"),

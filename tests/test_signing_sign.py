@@ -21,13 +21,13 @@ from s3deploy.signing import (
     verify,
     verify_revision,
 )
-from tests.signing_keys import (
+from tests.signing_keys import (  # noqa: F401 - fixtures
     KEY_TYPES,
     SshKey,
     keygen_verify,
-    rsa4096,  # noqa: F401 - fixture
+    rsa4096_fixture,
     signers_file,
-    ssh_keys,  # noqa: F401 - fixture
+    ssh_keys_fixture,
 )
 
 MESSAGE = b"manifest bytes"
@@ -64,8 +64,9 @@ def test_sign_manifest_refuses_metadata_over_2kb(rsa4096: SshKey) -> None:
 def ssh_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An ssh-agent of this test only (its socket in SSH_AUTH_SOCK), killed afterwards."""
     socket = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(socket)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 20
         while not socket.exists():
