@@ -16,8 +16,7 @@ import pytest
 
 from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.signing import Accepted, SigningError, check_content, load_signers, verify_revision
-from tests.signing_keys import rsa4096_fixture, ssh_keys_fixture  # noqa: F401 - fixtures
-from tests.signing_keys import SshKey, signers_file
+from tests.signing_keys import SshKey, rsa4096_fixture, signers_file, ssh_keys_fixture  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "sign-and-upload.sh"

@@ -126,8 +126,9 @@ def _dequote(opts: str, name: str) -> tuple[str, str]:
     return "".join(out), opts[i + 1 :]
 
 
-def _parse_options(opts: str) -> dict[str, str | int]:
-    """OpenSSH's ``sshsigopt_parse``: comma-separated options up to the first blank."""
+def _parse_options(opts: str) -> tuple[str | None, int | None, int | None]:
+    """OpenSSH's ``sshsigopt_parse``: comma-separated options up to the first blank →
+    (namespaces, valid-after, valid-before)."""
     found: dict[str, str | int] = {}
     while opts and opts[0] not in " \t":
         lower = opts.lower()
@@ -157,10 +158,14 @@ def _parse_options(opts: str) -> dict[str, str | int]:
         opts = opts[1:]
         if not opts:
             raise _LineError("unexpected end of options")
-    after, before = found.get("valid-after"), found.get("valid-before")
+    namespaces, after, before = found.get("namespaces"), found.get("valid-after"), found.get("valid-before")
     if isinstance(after, int) and isinstance(before, int) and before <= after:
         raise _LineError('"valid-before" time is not after "valid-after"')
-    return found
+    return (
+        namespaces if isinstance(namespaces, str) else None,
+        after if isinstance(after, int) else None,
+        before if isinstance(before, int) else None,
+    )
 
 
 def _is_key_type(token: str) -> bool:
@@ -201,7 +206,7 @@ def _parse_key(text: str) -> PublicKey:
     return key
 
 
-def parse_line(line: str, path: str, number: int) -> SignerEntry | None:
+def _parse_line(line: str, path: str, number: int) -> SignerEntry | None:
     """One line → a SignerEntry, None for blank and comment lines; raises _LineError."""
     text = line.lstrip(" \t")
     if not text.strip(_WHITESPACE) or text.startswith("#"):
@@ -211,25 +216,12 @@ def parse_line(line: str, path: str, number: int) -> SignerEntry | None:
         raise _LineError("expected PRINCIPALS [OPTIONS] KEYTYPE BASE64")
     if not principals:
         raise _LineError("empty principals")
-    options: dict[str, str | int] = {}
+    namespaces, after, before = None, None, None
     if not _is_key_type(rest.split(None, 1)[0]):
         opts, rest = _skip_options(rest)
-        options = _parse_options(opts)
+        namespaces, after, before = _parse_options(opts)
     key = _parse_key(rest)
-    namespaces, after, before = (
-        options.get("namespaces"),
-        options.get("valid-after"),
-        options.get("valid-before"),
-    )
-    return SignerEntry(
-        path,
-        number,
-        principals,
-        key,
-        namespaces=namespaces if isinstance(namespaces, str) else None,
-        valid_after=after if isinstance(after, int) else None,
-        valid_before=before if isinstance(before, int) else None,
-    )
+    return SignerEntry(path, number, principals, key, namespaces, after, before)
 
 
 def parse_signers(text: str, path: str) -> tuple[list[SignerEntry], list[str]]:
@@ -238,7 +230,7 @@ def parse_signers(text: str, path: str) -> tuple[list[SignerEntry], list[str]]:
     problems: list[str] = []
     for number, line in enumerate(text.split("\n"), start=1):
         try:
-            entry = parse_line(line, path, number)
+            entry = _parse_line(line, path, number)
         except _LineError as e:
             problems.append(f"{path}:{number}: {e}")
             continue
