@@ -72,6 +72,8 @@ CASES = [
     ("principal negated", "!ci@*,*@example.com {key}", PRINCIPAL, "s3deploy", MESSAGE, "principal"),
     ("quoted principals", '"{p},bob@example.com" {key}', PRINCIPAL, "s3deploy", MESSAGE, None),
     ("namespaces option refuses", '{p} namespaces="git" {key}', PRINCIPAL, "s3deploy", MESSAGE, "namespace"),
+    ("empty options skipped", '{p} ,namespaces="s3*",,valid-after="20200101" {key}', PRINCIPAL, "s3deploy",
+     MESSAGE, None),
     ("namespaces option pattern", '{p} NAMESPACES="git,s3*" {key}', PRINCIPAL, "s3deploy", MESSAGE, None),
     ("second line accepts", '{p} valid-before="20200101Z" {key}\n{p} {key}', PRINCIPAL, "s3deploy", MESSAGE,
      None),

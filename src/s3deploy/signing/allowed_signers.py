@@ -131,6 +131,11 @@ def _parse_options(opts: str) -> tuple[str | None, int | None, int | None]:
     (namespaces, valid-after, valid-before)."""
     found: dict[str, str | int] = {}
     while opts and opts[0] not in " \t":
+        if opts[0] == ",":  # an empty option (",," or a leading comma): OpenSSH skips it
+            opts = opts[1:]
+            if not opts:
+                raise _LineError("unexpected end of options")
+            continue
         lower = opts.lower()
         if lower.startswith("cert-authority"):
             raise _LineError(

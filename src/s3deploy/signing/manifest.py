@@ -17,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +55,7 @@ class Manifest:
 
     def to_bytes(self) -> bytes:
         """The manifest bytes s3deploy signs: ``{"v": 1, "bucket": ..., "serial": N}``, UTF-8."""
-        fields = {
-            "v": 1,
-            "bucket": self.bucket,
-            "key": self.key,
-            "sha256": self.sha256,
-            "size": self.size,
-            "serial": self.serial,
-        }
+        fields = {"v": 1, **asdict(self)}  # v, bucket, key, sha256, size, serial: the SPEC's order
         return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
     @classmethod
@@ -77,13 +70,7 @@ class Manifest:
         return cls(bucket, key, digest.hexdigest(), size, new_serial() if serial is None else serial)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "bucket": self.bucket,
-            "key": self.key,
-            "sha256": self.sha256,
-            "size": self.size,
-            "serial": self.serial,
-        }
+        return asdict(self)
 
 
 def _format_error(detail: str) -> SigningError:
