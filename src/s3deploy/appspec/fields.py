@@ -54,8 +54,15 @@ def name_of(key: object) -> str:
 def show(value: Any) -> str:
     """A scalar for a message, quoted, escaped and cut (a 5000-digit int included)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"a number of {value.bit_length()} bits"
+        return f"a number of {_digits(value)} digits"  # str() refuses ints past 4300 digits
     return f'"{bounded(value.raw if isinstance(value, RawInt) else value, 80)}"'
+
+
+def _digits(value: int) -> str:
+    if value.bit_length() > 20_000:
+        return "more than 6000"
+    digits = int(math.log10(abs(value))) + 1
+    return str(digits - 1 if 10 ** (digits - 1) > abs(value) else digits)
 
 
 def kind(value: Any) -> str:
@@ -117,9 +124,9 @@ def text(value: Any, key: str, findings: Findings, *, required: bool = False) ->
         return None
     bad = _CONTROL.search(result)
     if bad:
-        findings.problem(
-            key, f"must not contain control characters (found {bounded(bad.group())}): {show(result)}"
-        )
+        code = ord(bad.group())
+        found = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+        findings.problem(key, f"must not contain control characters (found {found}): {show(result)}")
         return None
     return result
 

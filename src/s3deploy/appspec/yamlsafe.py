@@ -128,7 +128,8 @@ class _Limits(Composer, SafeConstructor, Resolver):
         try:
             return super().construct_object(node, deep)
         except (ValueError, OverflowError, TypeError) as e:  # a date like 2023-99-99, a 5000-digit int
-            raise ConstructorError(None, None, f"cannot read this value: {e}", node.start_mark) from e
+            reason = str(e).split(";")[0]  # not Python's advice to the programmer after the ";"
+            raise ConstructorError(None, None, f"cannot read this value: {reason}", node.start_mark) from e
 
 
 def _construct_int(loader: Any, node: ScalarNode) -> int:  # Any: the stubs bound it to yaml's loaders
