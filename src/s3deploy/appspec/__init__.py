@@ -17,7 +17,7 @@ Where this parser is kinder than CodeDeploy's agent, on purpose:
   and ``range`` in the ``{low, high}`` form too.
 
 Where it is stricter, on purpose (the appspec comes from the bundle, so it is hostile):
-- at most 1 MiB, 100,000 values with aliases expanded, 50 levels of nesting; a key twice in one mapping
+- at most 1 MiB, 20,000 values with aliases expanded, 50 levels of nesting; a key twice in one mapping
   is refused (YAML would keep the last silently).
 - no control characters in any string; paths and names at most 4096 characters; hook timeouts at most a
   year; ``files`` destinations and ``permissions`` objects are absolute paths.

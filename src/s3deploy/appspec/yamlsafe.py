@@ -38,7 +38,7 @@ from s3deploy.errors import AppSpecError
 
 MAX_BYTES = 1024 * 1024
 """Largest appspec read (1 MiB); real ones are a few KB."""
-MAX_VALUES = 100_000
+MAX_VALUES = 20_000
 """Most values (scalars, lists, mappings) a document may hold, each alias counted as what it expands to."""
 MAX_DEPTH = 50
 """Deepest nesting of lists and mappings, aliases included (an appspec needs 6)."""
@@ -70,6 +70,7 @@ class _Limits(Composer, SafeConstructor, Resolver):
         SafeConstructor.__init__(self)
         Resolver.__init__(self)
         self._depth = 0
+        self._composed = 0
         self._weights: dict[int, tuple[int, int]] = {}  # id(node) -> (values expanded, depth expanded)
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
@@ -80,6 +81,9 @@ class _Limits(Composer, SafeConstructor, Resolver):
             if id(node) not in self._weights:  # its anchor is still being composed: it contains itself
                 raise _Refused(f'alias "*{bounded(event.anchor, 60)}" is inside its own anchor', mark)
             return node
+        self._composed += 1
+        if self._composed > MAX_VALUES:  # checked as it grows, so a big document is refused early
+            raise _Refused(f"more than {MAX_VALUES} values; an appspec needs a few hundred", mark)
         self._depth += 1
         if self._depth > MAX_DEPTH:
             raise _Refused(f"nested more than {MAX_DEPTH} levels deep", mark)
