@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from s3deploy import config
-from s3deploy.config import DEFAULT_SECTION, Config, Section, find_config_path, load_config
+from s3deploy.config import DEFAULT_SECTION, Config, Section, find_config_path, keys, load_config, loader
 from s3deploy.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "config.ini"
@@ -74,7 +73,7 @@ def test_example_config_loads_with_three_sections_seed_first(tmp_path: Path) -> 
     assert staging.poll_interval_s == 15.0 and staging.deployment_timeout_s == 900.0
     # every known key is documented in the example
     text = EXAMPLE.read_text(encoding="utf-8")
-    for key in [*config._KEYS, "installation_in_progress"]:
+    for key in [*keys.KEYS, "installation_in_progress"]:
         assert key in text, key
 
 
@@ -263,7 +262,7 @@ def test_required_key_missing_or_empty(tmp_path: Path, key: str) -> None:
     missing = write(tmp_path, f"[Production]\n{other}\n")
     assert (
         config_error(missing)
-        == f"{missing} [Production] {key}: missing; expected {config._KEYS[key].what} (required)"
+        == f"{missing} [Production] {key}: missing; expected {keys.KEYS[key].what} (required)"
     )
     empty = write(tmp_path, f"[Production]\n{other}\n{key} =\n", name="empty.ini")
     assert config_error(empty).startswith(f"{empty} [Production] {key}: expected ")
@@ -305,13 +304,13 @@ def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
         """,
     )
     lines = config_error(path).splitlines()
-    key_what = config._KEYS["target_file_key"].what
+    key_what = keys.KEYS["target_file_key"].what
     assert lines == [
-        f'{path} [Production] s3_bucket: expected {config._KEYS["s3_bucket"].what}, got "bad bucket"',
-        f'{path} [Production] poll_interval: expected {config._SECONDS}, got "soon"',
+        f'{path} [Production] s3_bucket: expected {keys.KEYS["s3_bucket"].what}, got "bad bucket"',
+        f'{path} [Production] poll_interval: expected {keys.SECONDS}, got "soon"',
         f'{path} [Production] keep_revision: unknown key; did you mean "keep_revisions"?',
         f"{path} [Production] target_file_key: missing; expected {key_what} (required)",
-        f'{path} [Staging] auto_rollback: expected {config._BOOL}, got "perhaps"',
+        f'{path} [Staging] auto_rollback: expected {keys.BOOL}, got "perhaps"',
     ]
 
 
@@ -374,7 +373,7 @@ def test_missing_section_names_the_ones_there_are(tmp_path: Path) -> None:
 def no_system_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the /etc fallback at a file that does not exist (yet) and run in an empty folder."""
     system = tmp_path / "etc" / "config.ini"
-    monkeypatch.setattr(config, "SYSTEM_CONFIG_PATH", system)
+    monkeypatch.setattr(loader, "SYSTEM_CONFIG_PATH", system)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -470,3 +469,121 @@ def test_with_overrides_rejects_bad_values_with_all_problems() -> None:
         base.with_overrides(s3_bucket="")
     with pytest.raises(TypeError, match="no overridable field 'bucket'"):
         base.with_overrides(bucket="x")
+
+
+# --- hostile values ----------------------------------------------------------------------------------
+
+HOSTILE = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\x1b[31mred\x1b[0m",
+    "\x1b]0;title\x07",
+    "bell\x07",
+    "del\x7f",
+    "tab\tinside",
+    "\u202eevil",
+    "9" * 5000,
+    "-" + "9" * 5000,
+    "9" * 5000 + "s",
+    "1" * 31 + "s",
+    "1e999",
+    "-1e999",
+    "1e308h",
+    "nan",
+    "-0",
+    "0x10",
+    "1_",
+    "_1",
+    "1__0",
+    "１２３",
+    "http://[::1",
+    "http://[",
+    "http://]",
+    "http://h:-1",
+    "http://h:99999999999999999999",
+    "http://h:0",
+    "http://\x1bh",
+    "9999-12-31T23:59:59-14:00",
+    "0001-01-01T00:00:00+14:00",
+    "2023-02-30",
+    "%(x)s",
+    "[x]",
+    "\\",
+    "'",
+    '"',
+    "s3://",
+    "/" * 5000,
+    "a" * 100_000,
+    "1" * 4000 + "T",
+    "0." + "0" * 4000 + "1G",
+]
+
+
+def assert_escaped(message: str) -> None:
+    """A message shows no raw control character: each line is safe to print on a terminal."""
+    for line in message.splitlines():
+        assert not any(ord(c) < 32 and c != "\t" or 0x7F <= ord(c) <= 0x9F for c in line), repr(line)
+        assert "\u202e" not in line
+
+
+@pytest.mark.parametrize("key", [*keys.KEYS, "installation_in_progress"])
+def test_every_key_turns_hostile_values_into_config_errors(tmp_path: Path, key: str) -> None:
+    """Whatever a value holds, loading gives a Config or a ConfigError (never ValueError, OverflowError
+    ...), and the error shows the value with control characters escaped."""
+    for i, value in enumerate(HOSTILE):
+        body = {"s3_bucket": "bucket", "target_file_key": "app.zip", key: value}
+        text = "[Production]\n" + "".join(f"{k} = {v}\n" for k, v in body.items())
+        path = write(tmp_path, text, f"{i}.ini")
+        try:
+            load_config(path)
+        except ConfigError as e:
+            assert_escaped(str(e))
+            assert str(e).startswith(f"{path} [Production] {key}: expected "), str(e)[:300]
+
+
+@pytest.mark.parametrize("field", list(keys.FIELD_TO_KEY))
+def test_every_override_turns_hostile_values_into_config_errors(field: str) -> None:
+    """Command-line overrides go through the same parsers: lone surrogates (bytes of argv that are not
+    UTF-8) and every hostile string give a Section or a ConfigError."""
+    base = load_config(EXAMPLE).section("Production")
+    for value in [*HOSTILE, "\udcff", "a\ud800b", 10**5000, -(10**5000), float("inf"), float("nan")]:
+        try:
+            base.with_overrides(**{field: value})
+        except ConfigError as e:
+            assert_escaped(str(e))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("endpoint_url", "http://[::1", "an http:// or https:// URL"),
+        ("last_fetch_time", "9999-12-31T23:59:59-14:00", "a time that stays within the years 1 to 9999"),
+        ("keep_history", "9" * 5000, "a whole number from 1 to 1000000000"),
+        ("keep_revisions", "1000000001", "a whole number from 1 to 1000000000"),
+        ("deployment_timeout", "400d", "a number of seconds > 0, at most a year"),
+        ("poll_interval", "100000000h", "a number of seconds > 0, at most a year"),
+        ("profile_name", "ops\x1b[2Jdeploy", "an AWS profile name, without control characters"),
+    ],
+)
+def test_values_that_used_to_crash_the_reload_are_config_errors(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    """Issue: SIGHUP with ``endpoint_url = http://[::1`` (ValueError) or ``last_fetch_time =
+    9999-12-31T23:59:59-14:00`` (OverflowError) killed the daemon; each is now a ConfigError naming the
+    key and escaping what was written."""
+    message = config_error(production(tmp_path, f"{key} = {value}"))
+    assert message.startswith(f"{tmp_path / 'config.ini'} [Production] {key}: expected {expected}")
+    assert_escaped(message)
+
+
+def test_control_characters_in_names_and_lines_are_shown_escaped(tmp_path: Path) -> None:
+    path = write(tmp_path, "[Prod\x1b[31m]\ns3_bucket = b\ntarget_file_key = k\nkey\x07 = 1\n")
+    message = config_error(path)
+    assert_escaped(message)
+    assert "[Prod\\x1b[31m]" in message and "key\\x07: unknown key" in message
+    bad_line = write(tmp_path, SEED + "\x1b]0;pwned\x07\n", "line.ini")
+    message = config_error(bad_line)
+    assert_escaped(message)
+    assert 'got "\\x1b]0;pwned\\x07"' in message

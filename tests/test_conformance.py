@@ -678,7 +678,8 @@ def test_seed_style_bundles_and_the_missing_destination_error(host: Host) -> Non
 # ----------------------------------------------------------------------------------------- validate
 def test_validate_lists_every_problem_of_a_folder_or_an_archive(tmp_path: Path) -> None:
     """``s3deploy validate PATH`` on a bundle folder or archive: every problem, each naming its key (exit
-    1); a good bundle is OK (exit 0). Nothing is deployed, no S3 involved."""
+    1), and every warning (a key CodeDeploy ignores); a good bundle is OK (exit 0). Nothing is deployed,
+    no S3 involved."""
     bad_spec = (
         "version: 1.0\nos: linux\n"
         "files:\n  - source: missing-dir\n    destination: /srv/app\n"
@@ -697,7 +698,8 @@ def test_validate_lists_every_problem_of_a_folder_or_an_archive(tmp_path: Path) 
         "app/x": "x",
     }
     expected = [
-        "appspec.yml: file_exists_behaviour: unknown key",
+        "warning: appspec.yml: file_exists_behaviour: unknown key, ignored (as CodeDeploy ignores it); "
+        'did you mean "file_exists_behavior"?',
         "appspec.yml: version: expected 0.0",
         'appspec.yml: files[0].source: "missing-dir" is not in the bundle',
         "appspec.yml: files[1].destination: expected an absolute path",

@@ -3,40 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from s3deploy.appspec import check_bundle
+from s3deploy.appspec import BundleCheck, inspect_bundle
 from s3deploy.bundle.extract import unpack
 from s3deploy.bundle.pack import make_zip
 from s3deploy.errors import AppSpecError, BundleError
 from s3deploy.source.s3 import Endpoint, ProgressCallback, S3Pool
+
+logger = logging.getLogger(__name__)
 
 #: Limits for `validate ARCHIVE`: the config defaults (no section applies).
 CHECK_MAX_FILES = 200_000
 CHECK_MAX_BYTES = 10 * 2**30
 
 
-def check_path(path: Path) -> list[str]:
-    """Every problem of a bundle folder or archive (an archive is unpacked into a temporary folder)."""
+def check_path(path: Path) -> BundleCheck:
+    """Every problem, warning and note of a bundle folder or archive (an archive is unpacked into a
+    temporary folder)."""
     if not path.exists():
-        return [f"{path}: no such file or folder"]
+        return BundleCheck([f"{path}: no such file or folder"])
     if path.is_dir():
-        return check_bundle(path)
+        return inspect_bundle(path)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             root = unpack(
                 path, Path(tmp) / "bundle", max_files=CHECK_MAX_FILES, max_unpacked_bytes=CHECK_MAX_BYTES
             )
         except BundleError as e:
-            return [str(e)]
-        return [p.replace(str(root), path.name) for p in check_bundle(root)]
+            return BundleCheck([str(e)])
+        check = inspect_bundle(root)
+        problems, warnings, notes = (
+            [line.replace(str(root), path.name) for line in lines]
+            for lines in (check.problems, check.warnings, check.notes)
+        )
+        return replace(check, problems=problems, warnings=warnings, notes=notes)
 
 
 def _check_folder(directory: Path) -> list[str]:
-    return check_bundle(directory) if directory.is_dir() else [f"{directory}: not a folder"]
+    if not directory.is_dir():
+        return [f"{directory}: not a folder"]
+    check = inspect_bundle(directory)
+    for warning in check.warnings:
+        logger.warning("%s", warning)
+    return check.problems
 
 
 @dataclass(frozen=True)

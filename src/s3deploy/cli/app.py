@@ -453,12 +453,16 @@ def validate(
         cfg = _load(config)
         print(f"{cfg.path}: OK, {len(cfg.sections)} section(s): {', '.join(cfg.sections)}")
         return
-    problems = _guard(lambda: check_path(path))
-    if problems:
-        for problem in problems:
-            print(problem)
+    check = _guard(lambda: check_path(path))
+    for problem in check.problems:
+        print(problem)
+    for line in check.warnings:
+        print(f"warning: {line}")
+    for line in check.notes:
+        print(f"note: {line}")
+    if check.problems:
         raise typer.Exit(EXIT_FAILED)
-    print(f"{path}: OK")
+    print(f"{path}: OK" + (f", {len(check.warnings)} warning(s)" if check.warnings else ""))
 
 
 # ------------------------------------------------------------------------------ publish
