@@ -112,8 +112,8 @@ def _send(member: ProcStat, sig: signal.Signals) -> bool:
             os.kill(member.pid, sig)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        logger.warning(
+    except PermissionError:  # a set-uid child of an unprivileged agent: reported if it survives
+        logger.debug(
             "cannot send %s to pid %d of session %d: permission denied", sig.name, member.pid, member.session
         )
         return True
@@ -185,7 +185,7 @@ def _plan(session: Session, grace_s: float, label: str, kill_wait_s: float) -> G
         return True
     left = session.members()
     logger.error(
-        "%s: %d process(es) of %s survived SIGKILL for %g s (pids %s; uninterruptible I/O?)",
+        "%s: %d process(es) of %s survived SIGKILL for %g s (pids %s: uninterruptible I/O, or not ours)",
         label,
         len(left),
         what,
