@@ -93,7 +93,7 @@ class OutputSink:
             self._schedule_flush()
 
     def _log_line(self, event: str, text: str) -> None:
-        """``self.log.info("%s: %s", event, text)`` at a third of the cost (a hook may print millions).
+        """``self.log.info("%s: %s", event, text)`` for two thirds of the cost (a hook may print millions).
 
         The adapter's context is worked out once per event; the record is made and handled directly,
         skipping the caller lookup (stack walk) that a hook's output line has no use for.
