@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,17 @@ from s3deploy.errors import HookFailed
 from s3deploy.lifecycle.hooks import RUNAS_PATH, HookResult, run_hook
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+async def output_of(script: Path, **kwargs: Any) -> tuple[HookResult, list[str]]:
+    """Run ``script`` as a hook (event AfterInstall, cwd its folder, BASE_ENV unless given); its lines."""
+    lines: list[str] = []
+    kwargs.setdefault("event", "AfterInstall")
+    kwargs.setdefault("cwd", script.parent)
+    kwargs.setdefault("env", BASE_ENV)
+    kwargs.setdefault("timeout_s", 10)
+    result = await run_hook(script, on_line=lines.append, **kwargs)
+    return result, lines
 
 
 def write_script(folder: Path, name: str, body: str, *, mode: int = 0o755, shebang: bool = True) -> Path:
@@ -100,8 +112,7 @@ async def test_success_streams_lines_in_order_with_exact_env_and_own_session(tmp
     assert lines[:3] == ["one", "two", "foo=bar home=unset"]
     pid, pgrp, session = lines[3].split()[1:]
     assert pid == pgrp == session, "the hook must lead its own session and process group"
-    assert lines[4] == "crlf"
-    assert result.output_tail.splitlines() == lines
+    assert lines[4:] == ["crlf"]
     assert 0 <= result.duration_s < 5
 
 
@@ -118,24 +129,15 @@ async def test_exit_code_fails_with_code_and_last_output(tmp_path: Path) -> None
     assert str(err).endswith("line 3\ndb down")
 
 
-async def test_long_output_message_is_bounded_and_tail_keeps_newest(tmp_path: Path) -> None:
-    script = write_script(
-        tmp_path, "noisy.sh", 'i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done\n'
-    )
-    result = await run_hook(
-        script, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10, tail_bytes=40
-    )
-    assert len(result.output_tail.encode()) <= 40
-    assert result.output_tail.endswith("line 298\nline 299")
-    assert result.output_tail.splitlines()[0].startswith("line 2")
-
+async def test_long_output_message_is_bounded_and_keeps_the_newest_lines(tmp_path: Path) -> None:
     failing = write_script(
         tmp_path, "fail.sh", 'i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done\nexit 1\n'
     )
     with pytest.raises(HookFailed) as info:
         await run_hook(failing, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
     assert len(str(info.value)) < 600
-    assert str(info.value).endswith("line 299")
+    assert str(info.value).endswith("line 298\nline 299")
+    assert "\nline 2" in str(info.value) and "line 0\n" not in str(info.value)
 
 
 async def test_killed_by_signal_is_named(tmp_path: Path) -> None:
@@ -164,23 +166,23 @@ async def test_missing_interpreter_fails_clearly(tmp_path: Path) -> None:
 
 async def test_non_executable_script_gets_exec_bits_and_runs(tmp_path: Path) -> None:
     script = write_script(tmp_path, "install.sh", "echo ran\n", mode=0o640)
-    result = await run_hook(script, event="BeforeInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
-    assert result.output_tail == "ran"
+    _, lines = await output_of(script, event="BeforeInstall")
+    assert lines == ["ran"]
     assert script.stat().st_mode & 0o777 == 0o750
 
 
 async def test_script_without_shebang_runs_with_sh(tmp_path: Path) -> None:
     script = write_script(tmp_path, "plain.sh", 'x=41\necho "answer $((x+1))"\n', shebang=False)
-    result = await run_hook(script, event="AfterInstall", cwd=tmp_path, env=BASE_ENV, timeout_s=10)
-    assert result.output_tail == "answer 42"
+    _, lines = await output_of(script)
+    assert lines == ["answer 42"]
 
 
 async def test_cwd_and_stdin_devnull(tmp_path: Path) -> None:
     work = tmp_path / "bundle"
     work.mkdir()
     script = write_script(tmp_path, "where.sh", 'pwd\nif read x; then echo "got $x"; else echo eof; fi\n')
-    result = await run_hook(script, event="AfterInstall", cwd=work, env=BASE_ENV, timeout_s=5)
-    assert result.output_tail.splitlines() == [str(work.resolve()), "eof"]
+    _, lines = await output_of(script, cwd=work)
+    assert lines == [str(work.resolve()), "eof"]
 
 
 async def test_timeout_kills_whole_group(tmp_path: Path, reap_pids: list[int]) -> None:
@@ -213,7 +215,7 @@ async def test_term_ignored_gets_sigkill_after_grace(
         "stubborn.sh",
         f"trap '' TERM\nsleep 1000 &\necho $! > {tmp_path}/bg.pid\nwhile true; do sleep 0.05; done\n",
     )
-    caplog.set_level(logging.INFO, logger="s3deploy.lifecycle.hooks")
+    caplog.set_level(logging.INFO, logger="s3deploy")
     started = time.monotonic()
     with pytest.raises(HookFailed) as info:
         await run_hook(
@@ -271,13 +273,11 @@ async def test_background_child_holding_stdout_does_not_block(
         tmp_path, "daemonize.sh", f"sleep 30 &\necho $! > {tmp_path}/bg.pid\necho done\nexit 0\n"
     )
     started = time.monotonic()
-    result = await run_hook(
-        script, event="ApplicationStart", cwd=tmp_path, env=BASE_ENV, timeout_s=10, stdout_linger_s=0.5
-    )
+    result, lines = await output_of(script, event="ApplicationStart", stdout_linger_s=0.5)
     elapsed = time.monotonic() - started
     bg = int((tmp_path / "bg.pid").read_text())
     reap_pids.append(bg)
-    assert result.exit_code == 0 and result.output_tail == "done"
+    assert result.exit_code == 0 and lines == ["done"]
     assert elapsed < 0.5 + 2
     assert not is_gone(bg), "a successful hook's background processes are left running"
     assert any("still holds the hook's output" in r.getMessage() for r in caplog.records)
@@ -285,13 +285,9 @@ async def test_background_child_holding_stdout_does_not_block(
 
 async def test_long_line_without_newline(tmp_path: Path) -> None:
     script = write_script(tmp_path, "big.sh", "head -c 200000 /dev/zero | tr '\\0' x\n")
-    lines: list[str] = []
-    result = await run_hook(
-        script, event="Install", cwd=tmp_path, env=BASE_ENV, timeout_s=10, on_line=lines.append
-    )
+    _, lines = await output_of(script, event="Install")
     assert "".join(lines) == "x" * 200000
     assert max(len(line) for line in lines) <= 65536
-    assert 0 < len(result.output_tail.encode()) <= 4096
 
 
 async def test_multibyte_line_split_does_not_garble(tmp_path: Path) -> None:
@@ -332,6 +328,7 @@ def open_dir() -> Iterator[Path]:
 
 async def test_runas_nobody(open_dir: Path) -> None:
     script = write_script(open_dir, "who.sh", 'id -un\necho "$HOME|$USER|$LOGNAME|$PATH|$KEEP"\n')
+    lines: list[str] = []
     call = run_hook(
         script,
         event="AfterInstall",
@@ -339,11 +336,67 @@ async def test_runas_nobody(open_dir: Path) -> None:
         env={**BASE_ENV, "KEEP": "kept"},
         timeout_s=5,
         runas="nobody",
+        on_line=lines.append,
     )
     if os.geteuid() != 0:
         with pytest.raises(HookFailed, match="not root"):
             await call
         return
-    result = await call
+    await call
     home = pwd.getpwnam("nobody").pw_dir
-    assert result.output_tail.splitlines() == ["nobody", f"{home}|nobody|nobody|{RUNAS_PATH}|kept"]
+    assert lines == ["nobody", f"{home}|nobody|nobody|{RUNAS_PATH}|kept"]
+
+
+#: What the agent may have in its environment that a hook run as another user must not see.
+AGENT_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "secret-key-value",
+    "AWS_SESSION_TOKEN": "session-token-value",
+    "AWS_PROFILE": "production",
+    "AWS_SHARED_CREDENTIALS_FILE": "/root/.aws/credentials",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials",
+    "S3DEPLOY_CONFIG": "/etc/s3deploy/config.ini",
+    "S3DEPLOY_STATE_DIR": "/var/lib/s3deploy",
+    "CREDENTIALS_DIRECTORY": "/run/credentials/s3deploy.service",
+    "NOTIFY_SOCKET": "/run/systemd/notify",
+    "WATCHDOG_USEC": "30000000",
+    "WATCHDOG_PID": "1",
+    "SSH_AUTH_SOCK": "/tmp/ssh-root/agent.1",
+}
+#: What every hook gets (SPEC §7), run as another user or not.
+HOOK_VARIABLES = {
+    "LIFECYCLE_EVENT": "AfterInstall",
+    "DEPLOYMENT_ID": "d-TEST",
+    "APPLICATION_NAME": "Web",
+    "DEPLOYMENT_GROUP_NAME": "Web",
+    "DEPLOYMENT_GROUP_ID": "4f0e",
+    "BUNDLE_BUCKET": "bucket",
+    "BUNDLE_KEY": "app.zip",
+    "BUNDLE_VERSION": "",
+    "BUNDLE_ETAG": "etag",
+    "S3DEPLOY_BUNDLE_DIR": "/bundle",
+    "S3DEPLOY_HOST_ID": "web-1",
+    "LANG": "C.UTF-8",
+}
+
+
+async def test_runas_hook_gets_none_of_the_agents_secrets(open_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("running a hook as another user needs root")
+    script = write_script(open_dir, "env.sh", "env\n")
+    env = {**BASE_ENV, **AGENT_SECRETS, **HOOK_VARIABLES}
+    _, lines = await output_of(script, cwd=open_dir, env=env, runas="nobody")
+    got = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert not [name for name in got if name.startswith("AWS_")]
+    assert not got.keys() & AGENT_SECRETS.keys()
+    assert not [line for line in lines if "secret-key-value" in line or "session-token-value" in line]
+    assert {name: got.get(name) for name in HOOK_VARIABLES} == HOOK_VARIABLES
+    assert got["USER"] == "nobody" and got["PATH"] == RUNAS_PATH
+
+
+async def test_a_hook_run_as_the_agents_own_user_gets_the_agents_environment(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "env.sh", "env\n")
+    env = {**BASE_ENV, **AGENT_SECRETS, **HOOK_VARIABLES}
+    _, lines = await output_of(script, env=env)
+    got = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert {name: got.get(name) for name in env} == env

@@ -25,6 +25,7 @@ from s3deploy.config import Section
 from s3deploy.errors import RevisionChanged, S3DeployError, SourceError
 from s3deploy.lifecycle.deploylog import OutputSink
 from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
+from s3deploy.lifecycle.sessions import kill_leftover_hooks
 from s3deploy.log import SectionAdapter, section_logger
 from s3deploy.metrics import Observer
 from s3deploy.source.s3 import Endpoint, ProgressCallback, Revision, S3Pool
@@ -81,6 +82,8 @@ def recover_interrupted(state: StateStore, sections: Sequence[str] | None = None
     A release folder whose Install never completed (a partial download or unpack, or a bundle never
     installed) is deleted: nothing refers to it and the redeploy downloads the revision again.
     """
+    # Hooks of a dead agent run on in their own sessions: stop them before anything is redeployed.
+    kill_leftover_hooks(StateLayout(state.path.parent), sections)
     recovered = state.recover_interrupted(sections)
     for dep in recovered:
         logger.warning(
@@ -246,6 +249,7 @@ class Deployer:
             on_line=sink.line,
             log=sink.log,
             on_install_completed=install_completed,
+            hook_session_file=self.agent.layout.hook_session(self.section.name),
         )
         result = LifecycleResult()
         timeout = self.section.deployment_timeout_s

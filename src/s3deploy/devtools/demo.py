@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from s3deploy.appspec import check_bundle
 from s3deploy.bundle.pack import make_zip
+from s3deploy.common.procgroup import Session, stop_session
 from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.errors import S3DeployError
 from s3deploy.source.s3 import Endpoint, Revision, S3Pool
@@ -138,15 +138,13 @@ def run_demo(workdir: Path, *, timeout_s: float = 120.0) -> int:
             env=env,
             start_new_session=True,
         )
+        session = Session.led_by(agent.pid)
         try:
             status = _wait_deployed(env, config, state_dir, timeout_s)
         finally:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+            # The agent's own shutdown grace is 30 s: give it that and a little more before SIGKILL.
+            stop_session(session, grace_s=40, label=f"the demo's agent (pid {agent.pid})")
+            agent.wait()
     return _report(status, app_dir, state_dir)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from s3deploy.common.procgroup import Session, stop_session
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class SeaweedServer:
         self.startup_timeout_s = startup_timeout_s
         self.s3_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._session: Session | None = None
         self.log_path = self.workdir / "weed.log"
 
     @property
@@ -112,10 +114,11 @@ class SeaweedServer:
         cmd = self.command()
         logger.info("starting SeaweedFS S3 on %s (log %s)", self.endpoint_url, self.log_path)
         with open(self.log_path, "ab") as log:
-            # Own session: stop() signals the whole group, and Ctrl+C in a terminal does not reach it twice.
+            # Own session: stop() signals all of it, and Ctrl+C in a terminal does not reach it twice.
             self.process = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        self._session = Session.led_by(self.process.pid)
         started = time.monotonic()
         try:
             self._wait_ready()
@@ -160,29 +163,16 @@ class SeaweedServer:
             return ""
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM the server's process group, then SIGKILL it if it outlives ``grace_s``."""
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            logger.info("stopping SeaweedFS (pid %d)", process.pid)
-            self._signal_group(process, signal.SIGTERM)
-            try:
-                process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                logger.warning(
-                    "SeaweedFS (pid %d) ignored SIGTERM for %.0fs; killing it", process.pid, grace_s
-                )
-        # Always KILL the group: helpers of the main process may linger even after it has exited.
-        self._signal_group(process, signal.SIGKILL)
-        process.wait()
+        """Stop the server's whole session: SIGTERM, then SIGKILL if anything of it outlives ``grace_s``.
 
-    @staticmethod
-    def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
+        The session, not just the main process: helpers of it may linger after it has exited.
+        """
+        process, self.process = self.process, None
+        session, self._session = self._session, None
+        if process is None or session is None:
+            return
+        stop_session(session, grace_s=grace_s, label=f"SeaweedFS (pid {process.pid})")
+        process.wait()
 
     def __enter__(self) -> SeaweedServer:
         self.start()

@@ -78,6 +78,8 @@ class Lifecycle:
     #: Awaited (shielded) the moment Install has completed, before AfterInstall starts: if the process dies
     #: in a later hook, the caller still knows whose files are on disk.
     on_install_completed: Callable[[], Awaitable[None]] | None = None
+    #: Where a running hook's session is recorded, so that a restarted agent can stop it (sessions.py).
+    hook_session_file: Path | None = None
 
     async def run(self, result: LifecycleResult | None = None) -> LifecycleResult:
         """Run every event in order; return at the first failure (with the event's name).
@@ -157,6 +159,7 @@ class Lifecycle:
             timeout_s=script.timeout_s,
             runas=script.runas,
             on_line=lambda line: self.on_line(event, line),
+            session_file=self.hook_session_file,
         )
         self.log.info("%s: %s succeeded in %.2fs", event, script.location, time.monotonic() - started)
 

@@ -8,6 +8,7 @@ STATE_DIR/                      0711 root: others may pass through (runas hooks 
   releases/<section>/<id>/      0711: one folder per deployment; bundle/ inside (no group/other write)
   logs/<section>/<id>.log       0700 folders, 0600 files: every hook output line of that deployment
   installed/<section>.list      0700 folder: what this section's last Install put on disk
+  hooks/<section>.json          0700 folder, 0600 files: the session of the running hook (a restart stops it)
 ```
 
 Section names become one path component each (percent-encoded, so any name is one safe file name).
@@ -84,6 +85,14 @@ class StateLayout:
     def cleanup_list(self, section: str) -> Path:
         return self.root / "installed" / f"{section_dir_name(section)}.list"
 
+    @property
+    def hooks_dir(self) -> Path:
+        return self.root / "hooks"
+
+    def hook_session(self, section: str) -> Path:
+        """The record of the hook ``section`` runs now (removed when it ends)."""
+        return self.hooks_dir / f"{section_dir_name(section)}.json"
+
     def prepare(self) -> None:
         """Create the state directory and its top folders with their modes (root-only where private).
 
@@ -95,6 +104,7 @@ class StateLayout:
             (self.lock_dir, PRIVATE_DIR_MODE),
             (self.logs_root, PRIVATE_DIR_MODE),
             (self.root / "installed", PRIVATE_DIR_MODE),
+            (self.hooks_dir, PRIVATE_DIR_MODE),
             (self.releases_root, STATE_DIR_MODE),
         ]
         for folder, mode in folders:
