@@ -24,7 +24,8 @@ from typing import Protocol
 from s3deploy import __version__
 from s3deploy.common.files import atomic_write
 from s3deploy.errors import ConfigError
-from s3deploy.state.store import STATUSES, Deployment, StateStore
+from s3deploy.state.model import STATUSES, Deployment
+from s3deploy.state.store import StateStore
 
 logger = logging.getLogger(__name__)
 
