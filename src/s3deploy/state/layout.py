@@ -107,8 +107,8 @@ class StateLayout:
     def create_release_dir(self, section: str, deployment_id: str) -> Path:
         """Make (or keep) the release folder of a deployment, 0711 like its parents; returns it."""
         folder = self.release_dir(section, deployment_id)
-        for path in (self.section_releases(section), folder):
-            _make_dir(path, SHARED_DIR_MODE)
+        for path in (self.releases_root, self.section_releases(section), folder):
+            _make_dir(path, SHARED_DIR_MODE, parents=True)
         return folder
 
     def prepare(self) -> None:
@@ -149,13 +149,7 @@ class StateLayout:
             changes = modes.apply_tree(top, rule)
             if changes.count:
                 logger.warning(
-                    "state directory: tightened the modes of %d entr%s under %s (made by an older "
-                    "s3deploy): %s%s",
-                    changes.count,
-                    "y" if changes.count == 1 else "ies",
-                    top,
-                    ", ".join(changes.examples),
-                    ", ..." if changes.count > len(changes.examples) else "",
+                    "state directory: tightened %s under %s (made by an older s3deploy)", changes, top
                 )
 
 
