@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -11,12 +12,14 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import s3deploy
 from s3deploy.errors import LockBusy
 from s3deploy.state.locks import InstanceLock, SectionLocks, read_holder_pid
+from tests.agent import appspec, cli, history, write_config, zip_bytes
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 
@@ -34,6 +37,12 @@ HOLDER = textwrap.dedent(
         print("held", flush=True)
         sys.stdin.readline()
         lock.release()
+    elif kind == "destination":
+        async def main():
+            async with SectionLocks(Path(state_dir)).hold_destinations("Other", sections, wait=False):
+                print("held", flush=True)
+                sys.stdin.readline()
+        asyncio.run(main())
     else:
         async def main():
             async with SectionLocks(Path(state_dir)).hold(sections, wait=False):
@@ -345,3 +354,51 @@ async def test_overlapping_destination_sets_never_deadlock_and_never_run_at_once
     async with asyncio.timeout(20):
         await asyncio.gather(*(deploy(name) for name in sets))
     assert rounds == dict.fromkeys(sets, 8)
+
+
+# ---- waits: bounded and reported -------------------------------------------------------------------------
+
+
+async def test_a_destination_wait_gives_up_after_its_timeout_naming_the_holder(
+    tmp_path: Path, holder: Holder, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www = tmp_path / "www"
+    other = holder("destination", str(www))
+    locks = SectionLocks(tmp_path)
+    monkeypatch.setattr("s3deploy.state.locks.REPORT_EVERY_S", 0.2)
+    with caplog.at_level(logging.INFO, logger="s3deploy.state.locks"):
+        with pytest.raises(
+            LockBusy, match=rf"\[Web\] destination {www}: gave up after waiting .*pid {other.pid};"
+        ):
+            async with asyncio.timeout(10), locks.hold_destinations("Web", [www], wait=True, timeout_s=1.0):
+                pytest.fail("the body must not run while another process holds the destination")
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"waiting for another deployment (pid {other.pid}; lock file" in m for m in said), said
+    assert any("still waiting after" in m for m in said), said
+    release(other)
+    async with asyncio.timeout(5), locks.hold_destinations("Web", [www], wait=True, timeout_s=1.0):
+        pass
+
+
+def test_a_deployment_fails_naming_the_holder_of_its_destination_within_deployment_timeout(
+    tmp_path: Path, holder: Holder, seaweed: Any, make_bucket: Callable[..., str], s3_client: Any
+) -> None:
+    """Before, a deployment waited for its destination locks outside deployment_timeout: as long as the
+    holder liked, its row `running` and its section lock held."""
+    bucket, www = make_bucket(), tmp_path / "www"
+    body = zip_bytes({"appspec.yml": appspec(www, {}), "app/x": "x"})
+    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=body)
+    config = write_config(tmp_path / "config.ini", {"Web": {
+        "s3_bucket": bucket, "target_file_key": "app.zip", "endpoint_url": seaweed.endpoint_url,
+        "deployment_timeout": 2,
+    }})  # fmt: skip
+    other = holder("destination", str(www))
+    proc = cli("deploy", "Web", "-c", str(config), "--state-dir", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    [dep] = history(config, tmp_path, "Web")
+    assert (dep["status"], dep["failed_event"]) == ("failed", "BeforeInstall")
+    assert f"destination {www}: gave up after waiting" in dep["error"] and f"pid {other.pid}" in dep["error"]
+    assert not www.exists()
+    release(other)
+    assert cli("deploy", "Web", "--force", "-c", str(config), "--state-dir", str(tmp_path)).returncode == 0
+    assert (www / "x").read_text() == "x"
