@@ -212,24 +212,29 @@ class Monitor:
     async def start(self) -> None:
         """Listen on 127.0.0.1:port when a port is set; ConfigError when it cannot (exit 2 at startup)."""
         if self.port is not None and self._endpoint is None:
-            self._endpoint = await MetricsEndpoint.listen(self.registry, self.port)
+            self._endpoint = MetricsEndpoint.listen(self.registry, self.port)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Refresh STATUS and the textfile on every change until ``stop``; then close the endpoint."""
-        try:
-            while not stop.is_set():
-                waiter = asyncio.ensure_future(self._changed.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    stopper.cancel()
-                self._changed.clear()
-                await self._publish()
-        finally:
-            if self._endpoint is not None:
-                await self._endpoint.close()
+        """Serve the endpoint, and refresh STATUS and the textfile on every change, until ``stop``."""
+        async with asyncio.TaskGroup() as tg:
+            server = tg.create_task(self._endpoint.serve()) if self._endpoint is not None else None
+            try:
+                await self._follow(stop)
+            finally:
+                if server is not None:
+                    server.cancel()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(self._changed.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            self._changed.clear()
+            await self._publish()
 
     async def _publish(self) -> None:
         try:

@@ -1,8 +1,9 @@
 """``run --metrics-port N``: a small HTTP/1.0 server on 127.0.0.1:N for Prometheus scrapes.
 
 Any local user can connect to it, so it is built to be hammered without hurting the agent:
-- at most MAX_CONNECTIONS at once; one more is closed at once (it costs a file descriptor only for
-  that moment), so no flood of connections can take the descriptors the deployments need;
+- at most MAX_CONNECTIONS are accepted at once; the next ones wait in the kernel's listen queue (of
+  that size too), where they cost the agent no file descriptor: no flood of connections can take the
+  descriptors the deployments need;
 - each connection gets REQUEST_TIMEOUT_S for its whole exchange, and a request head of at most
   MAX_HEAD_BYTES;
 - one rendering at a time, shared by every request that arrived before it started or within
@@ -10,8 +11,8 @@ Any local user can connect to it, so it is built to be hammered without hurting 
 - what goes wrong is logged at most once per LOG_EVERY_S, with the count of what was not logged.
 
 The body is prometheus_client's: the text format 0.0.4, or OpenMetrics when the scraper asks for it
-(``Accept``), gzipped when accepted. asyncio streams rather than prometheus_client's own server, which
-runs a thread per connection with no limit and no timeout.
+(``Accept``), gzipped when accepted. Its own server is not used: it runs a thread per connection, with
+no limit and no timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import socket
 import time
 
 from prometheus_client.exposition import choose_encoder
@@ -53,61 +55,77 @@ class _ThrottledWarning:
 
 
 class MetricsEndpoint:
-    """The listening server; ``listen()`` to start, ``close()`` to stop."""
+    """The listening socket (``listen()``) and the accept loop (``serve()``, until cancelled)."""
 
-    def __init__(self, registry: CollectorRegistry, port: int) -> None:
+    def __init__(self, registry: CollectorRegistry, sock: socket.socket) -> None:
         self.registry = registry
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._connections = 0
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._render_lock = asyncio.Lock()
         self._rendered: dict[str, tuple[float, bytes]] = {}  # content type -> (render started, body)
-        self._refused = _ThrottledWarning()
+        self._busy = _ThrottledWarning()
         self._failed = _ThrottledWarning()
 
     @classmethod
-    async def listen(cls, registry: CollectorRegistry, port: int) -> MetricsEndpoint:
-        """Serve ``registry`` on 127.0.0.1:port; ConfigError when the port cannot be had (exit 2)."""
-        endpoint = cls(registry, port)
+    def listen(cls, registry: CollectorRegistry, port: int) -> MetricsEndpoint:
+        """Listen on 127.0.0.1:port for ``registry``; ConfigError when the port cannot be had (exit 2)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            endpoint._server = await asyncio.start_server(
-                endpoint._handle, "127.0.0.1", port, limit=MAX_HEAD_BYTES
-            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen(MAX_CONNECTIONS)
+            sock.setblocking(False)
         except OSError as e:
+            sock.close()
             raise ConfigError(
                 f"--metrics-port {port}: cannot listen on 127.0.0.1: {e.strerror}; pick a free port"
             ) from e
-        bound = endpoint._server.sockets[0].getsockname()[1]
-        logger.info("metrics on http://127.0.0.1:%d/metrics", bound)
+        endpoint = cls(registry, sock)
+        logger.info("metrics on http://127.0.0.1:%d/metrics", endpoint.port)
         return endpoint
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    async def serve(self) -> None:
+        """Accept and answer connections, MAX_CONNECTIONS at a time, until cancelled; then close."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    if self._slots.locked():
+                        self._busy(
+                            "metrics: %d connections open on 127.0.0.1:%d; new ones wait until one ends",
+                            MAX_CONNECTIONS,
+                            self.port,
+                        )
+                    await self._slots.acquire()
+                    try:
+                        conn, _ = await loop.sock_accept(self.sock)
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                    tg.create_task(self._handle(conn))
+        finally:
+            self.sock.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._connections >= MAX_CONNECTIONS:
-            writer.transport.abort()  # the descriptor is freed now, not after a timeout
-            self._refused(
-                "metrics: %d connections already open on 127.0.0.1:%d; closing new ones until they end",
-                MAX_CONNECTIONS,
-                self.port,
-            )
-            return
-        self._connections += 1
-        done = False
+    async def _handle(self, conn: socket.socket) -> None:
+        writer: asyncio.StreamWriter | None = None
+        answered = False
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_HEAD_BYTES)
+                # drain() then waits until everything is sent: nothing is left to send after close().
+                writer.transport.set_write_buffer_limits(high=0)
                 await self._exchange(reader, writer)
-            done = True
+            answered = True
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
         except Exception as e:  # a scrape must never take the agent down
             self._failed("metrics: a request failed: %s", e)
         finally:
-            self._connections -= 1
-            if done:
+            self._slots.release()
+            if writer is None:
+                conn.close()
+            elif answered:
                 writer.close()
             else:
                 writer.transport.abort()  # a client that does not read gets no say in when we close
