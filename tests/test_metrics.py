@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import re
 import resource
@@ -217,6 +218,46 @@ def test_scrape_a_running_daemon_and_see_a_deployment_change_the_values(
     assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
     assert "# TYPE s3deploy_polls_total counter" in body
     assert scrape(port, "/nothing")[0] == 404
+    # The endpoint adds the standard process and Python metrics; the textfile does not (node_exporter,
+    # which reads it, has process metrics of its own).
+    assert sample(parse(body), "process_resident_memory_bytes") > 10 << 20
+    assert labels_of(parse(body), "python_info")
+    assert "process_" not in textfile.read_text()
+    # OpenMetrics for a scraper that asks for it.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        resp = conn.getresponse()
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.getheader("Content-Type", "").startswith("application/openmetrics-text")
+    assert text.endswith("# EOF\n") and 's3deploy_polls_total{section="Web"}' in text
+
+
+def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
+    """A silent client does not keep one of the endpoint's few connections (nor its descriptor)."""
+    store = StateStore(tmp_path / "state.db")
+
+    async def main() -> bytes:
+        monitor = Monitor(store, port=0)
+        await monitor.start()
+        assert monitor._endpoint is not None
+        stop = asyncio.Event()
+        running = asyncio.create_task(monitor.run(stop))
+        reader, writer = await asyncio.open_connection("127.0.0.1", monitor._endpoint.port)
+        try:
+            async with asyncio.timeout(30):
+                return await reader.read()  # b"" once the server closes it
+        finally:
+            writer.close()
+            stop.set()
+            await running
+
+    try:
+        assert asyncio.run(main()) == b""
+    finally:
+        store.close()
 
 
 def test_metrics_port_in_use_exits_2_before_watching(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from s3deploy.state.locks import InstanceLock, SectionLocks
 from s3deploy.state.model import INTERRUPTED_ERROR, OUTPUT_TAIL_MAX_BYTES
 from s3deploy.state.schema import SCHEMA_VERSION
 from s3deploy.state.store import POLL_TOUCH_INTERVAL_S, Deployment, StateStore
+from tests.agent import zip_bytes
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 SPEC_KEYS = ["id", "etag", "version_id", "status", "started_at", "finished_at", "failed_event", "error",
@@ -743,3 +744,39 @@ def test_a_state_directory_of_another_user_is_refused(
     with pytest.raises(S3DeployError, match=rf"{re.escape(str(state_dir))} belongs to uid {other_user[1]}"):
         StateStore.open(state_dir)
     assert list(state_dir.iterdir()) == []
+
+
+def test_a_runas_hook_runs_from_its_release_and_cannot_see_the_rest(
+    other_user: tuple[str, int, int], reachable_dir: Path, seaweed: Any, make_bucket: Any, s3_client: Any
+) -> None:
+    """The shipped unit's StateDirectoryMode=0750 once locked every runas hook out of its release."""
+    name, uid, _ = other_user
+    state_dir, out = reachable_dir / "state", reachable_dir / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    hook = f"""#!/bin/sh
+id -u > {out}/uid
+cat app/x > {out}/read
+ls {state_dir} > /dev/null 2>&1 && echo "listed the state directory" >> {out}/leaks
+cat {state_dir}/state.db > /dev/null 2>&1 && echo "read state.db" >> {out}/leaks
+ls {state_dir}/logs > /dev/null 2>&1 && echo "listed the logs" >> {out}/leaks
+touch "$S3DEPLOY_BUNDLE_DIR/planted" 2> /dev/null && echo "wrote into the release" >> {out}/leaks
+exit 0
+"""
+    spec = f"version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: hook.sh\n      runas: {name}\n"
+    bucket = make_bucket()
+    body = zip_bytes({"appspec.yml": spec, "hook.sh": hook, "app/x": "bundle content"})
+    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=body)
+    config = reachable_dir / "config.ini"
+    config.write_text(
+        f"[Web]\ns3_bucket = {bucket}\ntarget_file_key = app.zip\nendpoint_url = {seaweed.endpoint_url}\n"
+        f"destination = {reachable_dir / 'www'}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "s3deploy", "deploy", "Web", "-c", str(config), "--state-dir", str(state_dir)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(SRC_DIR)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "uid").read_text().strip() == str(uid)
+    assert (out / "read").read_text() == "bundle content"
+    assert not (out / "leaks").exists(), (out / "leaks").read_text()
