@@ -6,7 +6,9 @@ text with milliseconds.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
+import string
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,12 @@ STATUSES = ("running", "succeeded", "failed", "interrupted")
 FINAL_STATUSES = frozenset({"succeeded", "failed", "interrupted"})
 INTERRUPTED_ERROR = "the agent stopped while this deployment was running"
 OUTPUT_TAIL_MAX_BYTES = 8192
+_ID_ALPHABET = string.ascii_uppercase + string.digits
+
+
+def random_deployment_id() -> str:
+    """A CodeDeploy-style id: ``d-`` and 9 of A-Z0-9 (the store makes sure it is unused)."""
+    return "d-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
 
 
 def utcnow() -> datetime:

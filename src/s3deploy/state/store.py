@@ -9,9 +9,7 @@ schema in ``schema``, what pruning may delete in ``retention``.
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
-import string
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -19,17 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from s3deploy.errors import S3DeployError
-from s3deploy.state import retention
+from s3deploy.state import model, retention
 from s3deploy.state.layout import StateLayout
-from s3deploy.state.model import (
-    FINAL_STATUSES,
-    INTERRUPTED_ERROR,
-    Deployment,
-    SectionRecord,
-    iso,
-    tail_of,
-    utcnow,
-)
+from s3deploy.state.model import Deployment, SectionRecord
 from s3deploy.state.schema import connect
 
 __all__ = ["Deployment", "SectionRecord", "StateStore"]
@@ -38,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # record_poll() refreshes an unchanged section's last_poll_at at most this often: cheap, yet fresh enough.
 POLL_TOUCH_INTERVAL_S = 300.0
-_ID_ALPHABET = string.ascii_uppercase + string.digits
 
 _NEWEST = "SELECT * FROM deployments WHERE section = ? {where} ORDER BY seq DESC LIMIT 1"
 _NOT_ROLLBACK = "AND rollback_of IS NULL AND restores IS NULL"
@@ -47,7 +36,7 @@ _NOT_ROLLBACK = "AND rollback_of IS NULL AND restores IS NULL"
 class StateStore:
     """The state database. Thread-safe: one connection guarded by a lock; each call is one transaction."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = model.utcnow) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
@@ -106,6 +95,9 @@ class StateStore:
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
 
+    def _stamp(self) -> str:
+        return model.iso(self._now())
+
     @staticmethod
     def _fetch(conn: sqlite3.Connection, deployment_id: str) -> Deployment | None:
         row = conn.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
@@ -114,7 +106,7 @@ class StateStore:
     @staticmethod
     def _unique_id(conn: sqlite3.Connection) -> str:
         while True:
-            candidate = "d-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+            candidate = model.random_deployment_id()
             if conn.execute("SELECT 1 FROM deployments WHERE id = ?", (candidate,)).fetchone() is None:
                 return candidate
 
@@ -151,7 +143,7 @@ class StateStore:
                 "INSERT INTO deployments (id, section, bucket, key, etag, version_id, identity, status,"
                 " started_at, rollback_of, restores, release_dir, log_path, forced)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (dep_id, section, bucket, key, etag, version_id, identity, iso(self._now()), rollback_of,
+                (dep_id, section, bucket, key, etag, version_id, identity, self._stamp(), rollback_of,
                  restores, None if release_dir is None else str(release_dir),
                  None if log_path is None else str(log_path), int(forced)),
             )  # fmt: skip
@@ -165,8 +157,9 @@ class StateStore:
         error: str | None = None, output_tail: str = "", transient: bool = False,
     ) -> Deployment:  # fmt: skip
         """Record how a running deployment ended; ``output_tail`` keeps only its last few KB."""
-        if status not in FINAL_STATUSES:
-            raise ValueError(f"finish(): status must be one of {sorted(FINAL_STATUSES)}, got {status!r}")
+        if status not in model.FINAL_STATUSES:
+            wanted = sorted(model.FINAL_STATUSES)
+            raise ValueError(f"finish(): status must be one of {wanted}, got {status!r}")
         with self._tx(write=True) as conn:
             before = self._fetch(conn, deployment_id)
             if before is None:
@@ -179,7 +172,7 @@ class StateStore:
             conn.execute(
                 "UPDATE deployments SET status = ?, finished_at = ?, failed_event = ?, error = ?,"
                 " output_tail = ?, transient = ? WHERE id = ?",
-                (status, iso(self._now()), failed_event, error, tail_of(output_tail), int(transient),
+                (status, self._stamp(), failed_event, error, model.tail_of(output_tail), int(transient),
                  deployment_id),
             )  # fmt: skip
             deployment = self._fetch(conn, deployment_id)
@@ -191,7 +184,7 @@ class StateStore:
         with self._tx(write=True) as conn:
             cursor = conn.execute(
                 "UPDATE deployments SET install_completed_at = ? WHERE id = ? AND status = 'running'",
-                (iso(self._now()), deployment_id),
+                (self._stamp(), deployment_id),
             )
             if cursor.rowcount == 0:
                 raise S3DeployError(
@@ -233,11 +226,10 @@ class StateStore:
     def section_state(self, section: str) -> str:
         """``never`` | ``idle`` | ``deploying`` | ``failed`` (SPEC §4).
 
-        deploying: a deployment is recorded running (after a crash, until recover_interrupted; callers may
-        cross-check with the section's flock). failed: the newest revision attempt failed, even
-        if a rollback then succeeded, or the newest attempt of any kind failed (a failed manual rollback
-        leaves the host broken too). interrupted counts as idle: the revision is deployed again at the next
-        start. never: no deployment recorded.
+        deploying: a deployment is recorded running (after a crash, until recover_interrupted). failed: the
+        newest revision attempt failed, even if a rollback then succeeded, or the newest attempt of any
+        kind failed (a failed manual rollback leaves the host broken too). interrupted counts as idle: the
+        revision is deployed again at the next start. never: no deployment recorded.
         """
         with self._tx(write=False) as conn:
             if conn.execute(
@@ -272,7 +264,7 @@ class StateStore:
             ids = [row["id"] for row in rows]
             conn.executemany(
                 "UPDATE deployments SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
-                [(iso(self._now()), INTERRUPTED_ERROR, dep_id) for dep_id in ids],
+                [(self._stamp(), model.INTERRUPTED_ERROR, dep_id) for dep_id in ids],
             )
             recovered = [d for d in (self._fetch(conn, dep_id) for dep_id in ids) if d is not None]
         for d in recovered:  # callers log these for the operator; this is the state's own trace
@@ -299,7 +291,7 @@ class StateStore:
 
     def set_baseline(self, section: str, identity: str) -> None:
         """Record ``identity`` as already deployed without deploying it (legacy ``last_fetch_time``)."""
-        self._upsert_section(section, baseline_identity=identity, baseline_at=iso(self._now()))
+        self._upsert_section(section, baseline_identity=identity, baseline_at=self._stamp())
 
     def set_suspended(self, section: str, suspended: bool) -> None:
         """Suspend or resume deployments of ``section`` (the daemon keeps watching it)."""
@@ -321,7 +313,7 @@ class StateStore:
         if fresh and seen == record.last_seen_identity and error == record.last_error:
             return False
         self._upsert_section(
-            section, bookkeeping=True, last_seen_identity=seen, last_poll_at=iso(now), last_error=error
+            section, bookkeeping=True, last_seen_identity=seen, last_poll_at=model.iso(now), last_error=error
         )
         return True
 
