@@ -706,6 +706,8 @@ async def test_another_local_user_reaches_a_release_by_path_and_nothing_else(
     sink.open()  # as a deployment writes its hook output
     sink.line("AfterInstall", "secret=hunter2")
     sink.close()
+    log_file = layout.log_file("Web", dep.id)
+    assert (_mode(log_file.parent), _mode(log_file)) == (0o700, 0o600)  # private even inside logs/
     locks = SectionLocks(state_dir)
     with InstanceLock(state_dir):
         async with locks.hold(["Web"], wait=False), locks.hold_destinations("Web", ["/srv/x"], wait=False):

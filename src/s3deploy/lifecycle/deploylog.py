@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -12,6 +13,10 @@ from s3deploy.log import SectionAdapter
 
 #: The last bytes of hook output kept with the deployment (status, history).
 OUTPUT_TAIL_BYTES = 4096
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
 
 
 @dataclass
@@ -25,8 +30,9 @@ class OutputSink:
     _file: IO[str] | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # 0600: hook output may hold secrets (state/layout.py); the file is closed in close().
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1, opener=_private)  # noqa: SIM115
 
     def line(self, event: str, text: str) -> None:
         self.log.info("%s: %s", event, text)
