@@ -35,6 +35,7 @@ REQUEST_TIMEOUT_S = 5.0
 MAX_HEAD_BYTES = 8192
 RENDER_REUSE_S = 1.0
 LOG_EVERY_S = 60.0
+ACCEPT_RETRY_S = 0.1
 
 
 class _ThrottledWarning:
@@ -100,6 +101,11 @@ class MetricsEndpoint:
                     await self._slots.acquire()
                     try:
                         conn, _ = await loop.sock_accept(self.sock)
+                    except OSError as e:  # a client gone before accept(), no descriptor left: go on
+                        self._slots.release()
+                        self._failed("metrics: accepting a connection failed: %s", e.strerror or e)
+                        await asyncio.sleep(ACCEPT_RETRY_S)
+                        continue
                     except BaseException:
                         self._slots.release()
                         raise
