@@ -56,7 +56,7 @@ async def _deploy(config_path: str, state_dir: str, section: str) -> dict[str, A
     from s3deploy.watcher import Watcher
 
     sec = load_config(Path(config_path)).section(section)
-    state = StateStore(Path(state_dir) / "state.db")
+    state = StateStore.open(Path(state_dir))
     try:
         async with S3Pool() as pool:
             agent = Agent(Path(state_dir), state, pool, SectionLocks(Path(state_dir)))

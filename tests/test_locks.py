@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -10,12 +12,14 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import s3deploy
 from s3deploy.errors import LockBusy
 from s3deploy.state.locks import InstanceLock, SectionLocks, read_holder_pid
+from tests.agent import appspec, cli, history, write_config, zip_bytes
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 
@@ -33,6 +37,12 @@ HOLDER = textwrap.dedent(
         print("held", flush=True)
         sys.stdin.readline()
         lock.release()
+    elif kind == "destination":
+        async def main():
+            async with SectionLocks(Path(state_dir)).hold_destinations("Other", sections, wait=False):
+                print("held", flush=True)
+                sys.stdin.readline()
+        asyncio.run(main())
     else:
         async def main():
             async with SectionLocks(Path(state_dir)).hold(sections, wait=False):
@@ -84,6 +94,23 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
 
 
+def locked(state_dir: Path, section: str) -> bool:
+    """True when some open file (another process, or a SectionLocks of this one) holds the section's
+    flock: a shared, non-blocking probe on a file of our own, as another process would try."""
+    path = SectionLocks(state_dir).lock_path(section)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 # ---- InstanceLock --------------------------------------------------------------------------------------
 
 
@@ -92,11 +119,11 @@ def test_second_daemon_in_another_process_is_busy(tmp_path: Path, holder: Holder
     lock = InstanceLock(tmp_path)
     with pytest.raises(LockBusy, match=rf"pid {other.pid}\b.*{tmp_path}"):
         lock.acquire()
-    assert not lock.held
     release(other)
     lock.acquire()
-    assert lock.held
     assert read_holder_pid(tmp_path / "daemon.lock") == os.getpid()
+    with pytest.raises(LockBusy):
+        InstanceLock(tmp_path).acquire()
     lock.release()
 
 
@@ -104,8 +131,8 @@ def test_instance_lock_dies_with_its_process(tmp_path: Path, holder: Holder) -> 
     other = holder("instance")
     assert read_holder_pid(tmp_path / "daemon.lock") == other.pid
     kill(other)
-    with InstanceLock(tmp_path) as lock:
-        assert lock.held
+    with InstanceLock(tmp_path):
+        assert read_holder_pid(tmp_path / "daemon.lock") == os.getpid()
 
 
 def test_instance_lock_in_this_process_context_manager_and_pid(tmp_path: Path) -> None:
@@ -114,7 +141,6 @@ def test_instance_lock_in_this_process_context_manager_and_pid(tmp_path: Path) -
         with pytest.raises(LockBusy, match="another s3deploy daemon"):
             InstanceLock(tmp_path / "new-state-dir").acquire()  # a second open file conflicts too
         lock.acquire()  # already held by this object: no-op
-    assert not lock.held
     assert read_holder_pid(tmp_path / "new-state-dir" / "daemon.lock") is None
     with InstanceLock(tmp_path / "new-state-dir"):
         pass
@@ -141,24 +167,23 @@ async def test_busy_section_without_wait_names_section_and_pid(tmp_path: Path, h
     section = "Prod east/1 ü"
     other = holder("section", section)
     locks = SectionLocks(tmp_path)
-    assert locks.is_held_elsewhere(section)
+    assert locked(tmp_path, section)
     with pytest.raises(LockBusy, match=rf"section \[{section}\].*pid {other.pid}\b"):
         async with locks.hold([section], wait=False):
             pytest.fail("the body must not run while another process holds the section")
     release(other)
-    assert not locks.is_held_elsewhere(section)
+    assert not locked(tmp_path, section)
     # The asyncio part was given back when LockBusy was raised, else this would hang.
     async with asyncio.timeout(5), locks.hold([section], wait=False):
-        assert not locks.is_held_elsewhere(section)  # held by us, not elsewhere
-        assert SectionLocks(tmp_path).is_held_elsewhere(section)
+        assert locked(tmp_path, section)
 
 
 async def test_section_lock_dies_with_its_process(tmp_path: Path, holder: Holder) -> None:
     other = holder("section", "Production", "Staging")
     locks = SectionLocks(tmp_path)
-    assert locks.is_held_elsewhere("Production") and locks.is_held_elsewhere("Staging")
+    assert locked(tmp_path, "Production") and locked(tmp_path, "Staging")
     kill(other)
-    assert not locks.is_held_elsewhere("Production") and not locks.is_held_elsewhere("Staging")
+    assert not locked(tmp_path, "Production") and not locked(tmp_path, "Staging")
     async with asyncio.timeout(5), locks.hold(["Production", "Staging"], wait=False):
         pass
 
@@ -184,32 +209,30 @@ async def test_wait_acquires_after_the_other_process_releases(tmp_path: Path, ho
 async def test_sorted_order_and_cancel_while_waiting_releases_all(tmp_path: Path, holder: Holder) -> None:
     holder("section", "alpha")
     locks = SectionLocks(tmp_path)
-    observer = SectionLocks(tmp_path)
     task = asyncio.create_task(locks.hold(["zeta", "alpha"], wait=True).__aenter__())
     await asyncio.sleep(0.3)
     # "alpha" sorts first and is busy, so "zeta" must not have been taken while waiting for it.
     assert not task.done()
-    assert not observer.is_held_elsewhere("zeta")
+    assert not locked(tmp_path, "zeta")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     async with asyncio.timeout(5), locks.hold(["zeta"], wait=False):
-        assert observer.is_held_elsewhere("zeta")
+        assert locked(tmp_path, "zeta")
 
 
 async def test_waiting_on_second_section_holds_the_first(tmp_path: Path, holder: Holder) -> None:
     other = holder("section", "zeta")
     locks = SectionLocks(tmp_path)
-    observer = SectionLocks(tmp_path)
     task = asyncio.create_task(locks.hold(["zeta", "alpha"], wait=True).__aenter__())
     await asyncio.sleep(0.3)
-    assert observer.is_held_elsewhere("alpha")  # taken first (sorted), kept while waiting for zeta
+    assert locked(tmp_path, "alpha")  # taken first (sorted), kept while waiting for zeta
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not observer.is_held_elsewhere("alpha")  # released on cancellation
+    assert not locked(tmp_path, "alpha")  # released on cancellation
     release(other)
-    assert not observer.is_held_elsewhere("zeta")
+    assert not locked(tmp_path, "zeta")
 
 
 # ---- SectionLocks: inside one process --------------------------------------------------------------------
@@ -249,14 +272,13 @@ async def test_opposite_orders_do_not_deadlock(tmp_path: Path) -> None:
 
 async def test_exception_in_body_releases_everything(tmp_path: Path) -> None:
     locks = SectionLocks(tmp_path)
-    observer = SectionLocks(tmp_path)
     with pytest.raises(RuntimeError, match="hook failed"):
         async with locks.hold(["a", "b"], wait=False):
-            assert observer.is_held_elsewhere("a") and observer.is_held_elsewhere("b")
+            assert locked(tmp_path, "a") and locked(tmp_path, "b")
             raise RuntimeError("hook failed")
-    assert not observer.is_held_elsewhere("a") and not observer.is_held_elsewhere("b")
+    assert not locked(tmp_path, "a") and not locked(tmp_path, "b")
     async with asyncio.timeout(5), locks.hold("a", wait=False):  # a bare string is one section
-        assert observer.is_held_elsewhere("a")
+        assert locked(tmp_path, "a")
 
 
 def test_lock_file_names_are_safe(tmp_path: Path) -> None:
@@ -267,7 +289,7 @@ def test_lock_file_names_are_safe(tmp_path: Path) -> None:
     assert all(len(p.name.encode()) < 255 for p in paths)
     assert len(set(paths)) == len(names)
     assert locks.lock_path("x" * 300) != locks.lock_path("x" * 301)
-    assert not locks.is_held_elsewhere("never locked")
+    assert not locked(tmp_path, "never locked")
 
 
 # ---- SectionLocks: destination folders ---------------------------------------------------------------------
@@ -332,3 +354,51 @@ async def test_overlapping_destination_sets_never_deadlock_and_never_run_at_once
     async with asyncio.timeout(20):
         await asyncio.gather(*(deploy(name) for name in sets))
     assert rounds == dict.fromkeys(sets, 8)
+
+
+# ---- waits: bounded and reported -------------------------------------------------------------------------
+
+
+async def test_a_destination_wait_gives_up_after_its_timeout_naming_the_holder(
+    tmp_path: Path, holder: Holder, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www = tmp_path / "www"
+    other = holder("destination", str(www))
+    locks = SectionLocks(tmp_path)
+    monkeypatch.setattr("s3deploy.state.locks.REPORT_EVERY_S", 0.2)
+    with caplog.at_level(logging.INFO, logger="s3deploy.state.locks"):
+        with pytest.raises(
+            LockBusy, match=rf"\[Web\] destination {www}: gave up after waiting .*pid {other.pid};"
+        ):
+            async with asyncio.timeout(10), locks.hold_destinations("Web", [www], wait=True, timeout_s=1.0):
+                pytest.fail("the body must not run while another process holds the destination")
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"waiting for another deployment (pid {other.pid}; lock file" in m for m in said), said
+    assert any("still waiting after" in m for m in said), said
+    release(other)
+    async with asyncio.timeout(5), locks.hold_destinations("Web", [www], wait=True, timeout_s=1.0):
+        pass
+
+
+def test_a_deployment_fails_naming_the_holder_of_its_destination_within_deployment_timeout(
+    tmp_path: Path, holder: Holder, seaweed: Any, make_bucket: Callable[..., str], s3_client: Any
+) -> None:
+    """Before, a deployment waited for its destination locks outside deployment_timeout: as long as the
+    holder liked, its row `running` and its section lock held."""
+    bucket, www = make_bucket(), tmp_path / "www"
+    body = zip_bytes({"appspec.yml": appspec(www, {}), "app/x": "x"})
+    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=body)
+    config = write_config(tmp_path / "config.ini", {"Web": {
+        "s3_bucket": bucket, "target_file_key": "app.zip", "endpoint_url": seaweed.endpoint_url,
+        "deployment_timeout": 2,
+    }})  # fmt: skip
+    other = holder("destination", str(www))
+    proc = cli("deploy", "Web", "-c", str(config), "--state-dir", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    [dep] = history(config, tmp_path, "Web")
+    assert (dep["status"], dep["failed_event"]) == ("failed", "BeforeInstall")
+    assert f"destination {www}: gave up after waiting" in dep["error"] and f"pid {other.pid}" in dep["error"]
+    assert not www.exists()
+    release(other)
+    assert cli("deploy", "Web", "--force", "-c", str(config), "--state-dir", str(tmp_path)).returncode == 0
+    assert (www / "x").read_text() == "x"

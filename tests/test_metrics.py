@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import re
+import resource
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,6 +218,46 @@ def test_scrape_a_running_daemon_and_see_a_deployment_change_the_values(
     assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
     assert "# TYPE s3deploy_polls_total counter" in body
     assert scrape(port, "/nothing")[0] == 404
+    # The endpoint adds the standard process and Python metrics; the textfile does not (node_exporter,
+    # which reads it, has process metrics of its own).
+    assert sample(parse(body), "process_resident_memory_bytes") > 10 << 20
+    assert labels_of(parse(body), "python_info")
+    assert "process_" not in textfile.read_text()
+    # OpenMetrics for a scraper that asks for it.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        resp = conn.getresponse()
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.getheader("Content-Type", "").startswith("application/openmetrics-text")
+    assert text.endswith("# EOF\n") and 's3deploy_polls_total{section="Web"}' in text
+
+
+def test_a_connection_that_sends_nothing_is_closed(tmp_path: Path) -> None:
+    """A silent client does not keep one of the endpoint's few connections (nor its descriptor)."""
+    store = StateStore(tmp_path / "state.db")
+
+    async def main() -> bytes:
+        monitor = Monitor(store, port=0)
+        await monitor.start()
+        assert monitor._endpoint is not None
+        stop = asyncio.Event()
+        running = asyncio.create_task(monitor.run(stop))
+        reader, writer = await asyncio.open_connection("127.0.0.1", monitor._endpoint.port)
+        try:
+            async with asyncio.timeout(30):
+                return await reader.read()  # b"" once the server closes it
+        finally:
+            writer.close()
+            stop.set()
+            await running
+
+    try:
+        assert asyncio.run(main()) == b""
+    finally:
+        store.close()
 
 
 def test_metrics_port_in_use_exits_2_before_watching(tmp_path: Path) -> None:
@@ -234,3 +282,117 @@ def test_metrics_flags_are_refused_with_once(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.ini", {"Web": {"s3_bucket": "b", "target_file_key": KEY}})
     proc = cli("run", "--all", "--once", "-c", str(config), "--metrics-port", "9999")
     assert proc.returncode == 2 and "not --once" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ a hostile local user
+
+
+class Flood:
+    """Keeps up to ``size`` connections to 127.0.0.1:port open from a thread, never sending a byte, and
+    opens new ones as the server closes them: a local user trying to take the daemon's descriptors."""
+
+    def __init__(self, port: int, size: int, threads: int = 8) -> None:
+        self.port, self.size = port, size // threads
+        self.stop = threading.Event()
+        self.opened = self.attempts = 0  # approximate (threads race on +=): only compared to a bound
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def __enter__(self) -> Flood:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _connect(self) -> socket.socket | None:
+        sock = socket.socket()
+        sock.settimeout(0.2)
+        self.attempts += 1
+        try:
+            sock.connect(("127.0.0.1", self.port))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        self.opened += 1
+        return sock
+
+    def _run(self) -> None:
+        socks: list[socket.socket] = []
+        try:
+            while not self.stop.is_set():
+                while len(socks) < self.size and not self.stop.is_set():
+                    sock = self._connect()
+                    if sock is None:
+                        break
+                    socks.append(sock)
+                readable, _, _ = select.select(socks, [], [], 0.05) if socks else ([], [], [])
+                for sock in readable:  # closed by the server (or sent something): open another one
+                    try:
+                        data = sock.recv(4096)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        socks.remove(sock)
+                        sock.close()
+                time.sleep(0.002)
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_a_connection_flood_cannot_take_the_daemons_file_descriptors(
+    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any
+) -> None:
+    """Before: every connection held a descriptor until its 5 s timeout, so 600 held connections took all
+    of a daemon's 256 ("Too many open files", thousands of log lines) and deployments failed."""
+    bucket, dest, state_dir = make_bucket(versioned=True), tmp_path / "www", tmp_path / "state"
+    config = write_config(tmp_path / "config.ini", {"Web": {
+        "s3_bucket": bucket, "target_file_key": KEY, "endpoint_url": seaweed.endpoint_url,
+        "poll_interval": 0.2,
+    }})  # fmt: skip
+    bundle = {
+        "appspec.yml": appspec(dest, {"AfterInstall": "scripts/ok.sh"}),
+        "scripts/ok.sh": hook_script(""),
+    }
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=zip_bytes({**bundle, "app/v": "1"}))
+    port, log = free_port(), tmp_path / "daemon.log"
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    with open(log, "w") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "s3deploy", "run", "--all", "-c", str(config), "--state-dir",
+             str(state_dir), "--metrics-port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, preexec_fn=low_fd_limit, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: (dest / "v").exists(), timeout=60)
+        with Flood(port, size=600) as flood:
+            wait_until(lambda: flood.opened >= 40 and flood.attempts >= 200, timeout=60)
+            s3_client.put_object(Bucket=bucket, Key=KEY, Body=zip_bytes({**bundle, "app/v": "2"}))
+            wait_until(lambda: (dest / "v").read_text() == "2", timeout=60)
+            wait_until(lambda: flood.attempts >= 400, timeout=60)
+        assert daemon.poll() is None
+        assert "Too many open files" not in log.read_text(), log.read_text()[-3000:]
+        # Once the flood is over the endpoint answers again, and shows the daemon's own descriptors.
+        samples = wait_until(lambda: _try_metrics(port), timeout=30)
+        assert sample(samples, "s3deploy_deployments_total", section="Web", status="succeeded") == 2
+        assert sample(samples, "process_max_fds") == 256
+        assert sample(samples, "process_open_fds") < 128
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=40)
+    warnings = [line for line in log.read_text().splitlines() if "new ones wait until one ends" in line]
+    assert 1 <= len(warnings) <= 3, warnings  # at most one a minute, however many were kept waiting
+
+
+def _try_metrics(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+    try:
+        return metrics(port)
+    except (OSError, AssertionError):
+        return None

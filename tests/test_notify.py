@@ -17,6 +17,7 @@ import pytest
 
 from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.notify import Notifier
+from s3deploy.state.layout import SHARED_DIR_MODE
 from tests.agent import DaemonProcess, appspec, hook_script, zip_bytes
 from tests.agent import write_config as write_ini
 
@@ -175,6 +176,8 @@ def test_unit_files_run_the_notify_daemon_with_options_the_cli_accepts(name: str
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert service["Restart"] == ["on-failure"]
     assert service["StateDirectory"] == ["s3deploy"]
+    # The state directory model (state/layout.py): 0750 would lock every `runas` hook out of its release.
+    assert service["StateDirectoryMode"] == [f"{SHARED_DIR_MODE:04o}"] == ["0711"]
     assert "WatchdogSec" in service
     # The ExecStart arguments are accepted by this s3deploy (run with --list-configs, which exits at once).
     argv = service["ExecStart"][0].split()

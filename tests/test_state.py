@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
 import re
 import sqlite3
@@ -19,14 +22,14 @@ import pytest
 
 import s3deploy
 from s3deploy.errors import S3DeployError
-from s3deploy.state.store import (
-    INTERRUPTED_ERROR,
-    OUTPUT_TAIL_MAX_BYTES,
-    POLL_TOUCH_INTERVAL_S,
-    SCHEMA_VERSION,
-    Deployment,
-    StateStore,
-)
+from s3deploy.lifecycle.deploylog import OutputSink
+from s3deploy.log import section_logger
+from s3deploy.state.layout import StateLayout
+from s3deploy.state.locks import InstanceLock, SectionLocks
+from s3deploy.state.model import INTERRUPTED_ERROR, OUTPUT_TAIL_MAX_BYTES
+from s3deploy.state.schema import SCHEMA_VERSION
+from s3deploy.state.store import POLL_TOUCH_INTERVAL_S, Deployment, StateStore
+from tests.agent import zip_bytes
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 SPEC_KEYS = ["id", "etag", "version_id", "status", "started_at", "finished_at", "failed_event", "error",
@@ -207,7 +210,6 @@ def test_current_last_attempt_and_last_revision_attempt(store: StateStore) -> No
     assert store.current("Production") == rb  # the rollback's files are installed
     assert store.last_attempt("Production") == rb
     assert store.last_revision_attempt("Production") == bad  # the daemon compares S3 with v2, not v1
-    assert rb.is_rollback and not bad.is_rollback
 
 
 # ---- section state ----------------------------------------------------------------------------------
@@ -472,3 +474,311 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path: Path) 
         go.touch()
         results = [p.communicate(timeout=60) for p in procs]
         assert [out for out, _ in results] == ["ok\n"] * 8, [err for _, err in results if err]
+
+
+# ---- the state directory model (layout.py) -------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.lstat().st_mode & 0o7777
+
+
+def test_a_new_state_directory_gets_the_model_modes_whatever_the_umask(tmp_path: Path) -> None:
+    state_dir = tmp_path / "new" / "state"
+    old_umask = os.umask(0o077)  # a strict umask must not make the state directory unreachable for runas
+    try:
+        with StateStore.open(state_dir) as s:
+            deploy(s, "succeeded")
+        with InstanceLock(state_dir):
+            pass
+        release = StateLayout(state_dir).create_release_dir("Web site", "d-ABCDEFGH1")
+    finally:
+        os.umask(old_umask)
+    expected = {
+        "": 0o711, "releases": 0o711, "locks": 0o700, "locks/paths": 0o700, "logs": 0o700,
+        "installed": 0o700, "state.db": 0o600, "daemon.lock": 0o600,
+        "releases/Web%20site": 0o711, "releases/Web%20site/d-ABCDEFGH1": 0o711,
+    }  # fmt: skip
+    assert {name: _mode(state_dir / name) for name in expected} == expected
+    assert release == state_dir / "releases" / "Web%20site" / "d-ABCDEFGH1"
+    for suffix in ("-wal", "-shm"):  # SQLite gives them the database's mode
+        if (state_dir / f"state.db{suffix}").exists():
+            assert _mode(state_dir / f"state.db{suffix}") == 0o600
+
+
+async def test_lock_files_are_0600_in_0700_folders(tmp_path: Path) -> None:
+    locks, lock_dir = SectionLocks(tmp_path / "state"), tmp_path / "state" / "locks"
+    async with locks.hold(["Web"], wait=False):
+        async with locks.hold_destinations("Web", [tmp_path / "www"], wait=False):
+            files = list(lock_dir.rglob("*.lock"))
+    assert len(files) > 2 and {_mode(f) for f in files} == {0o600}
+    assert {_mode(lock_dir), _mode(lock_dir / "paths")} == {0o700}
+
+
+def _older_state_dir(state_dir: Path, outside: Path) -> dict[str, int]:
+    """A state directory as s3deploy before the model made it (0755 folders, 0644 files), plus a
+    world-writable release tree and links that must not be followed. Returns path -> expected mode."""
+    with StateStore(state_dir / "state.db") as s:
+        deploy(s, "succeeded")
+    bundle = state_dir / "releases" / "Web" / "d-OLD000001" / "bundle"
+    (bundle / "scripts").mkdir(parents=True)
+    (bundle / "scripts" / "stop.sh").write_text("#!/bin/sh\n")
+    for folder in ["locks/paths", "logs/Web", "installed"]:
+        (state_dir / folder).mkdir(parents=True, exist_ok=True)
+    for name in ["daemon.lock", "locks/Web.lock", "locks/paths/0123.lock", "logs/Web/d-OLD000001.log",
+                 "installed/Web.list"]:  # fmt: skip
+        (state_dir / name).write_text("x")
+    outside.write_text("not the agent's")
+    (bundle / "link-out").symlink_to(outside)
+    (state_dir / "logs" / "Web" / "link-out.log").symlink_to(outside)
+    modes = {"": 0o755, "state.db": 0o644, "releases/Web/d-OLD000001/bundle/scripts": 0o777,
+             "releases/Web/d-OLD000001/bundle/scripts/stop.sh": 0o777}  # fmt: skip
+    for path in [state_dir, *state_dir.rglob("*")]:
+        if not path.is_symlink():
+            rel = str(path.relative_to(state_dir)) if path != state_dir else ""
+            os.chmod(path, modes.get(rel, 0o755 if path.is_dir() else 0o644))
+    os.chmod(outside, 0o666)
+    return {
+        "": 0o711, "state.db": 0o600, "daemon.lock": 0o600, "locks": 0o700, "locks/Web.lock": 0o600,
+        "locks/paths": 0o700, "locks/paths/0123.lock": 0o600, "logs": 0o700, "logs/Web": 0o700,
+        "logs/Web/d-OLD000001.log": 0o600, "installed": 0o700, "installed/Web.list": 0o600,
+        "releases": 0o711, "releases/Web": 0o711, "releases/Web/d-OLD000001": 0o711,
+        "releases/Web/d-OLD000001/bundle": 0o755, "releases/Web/d-OLD000001/bundle/scripts": 0o755,
+        "releases/Web/d-OLD000001/bundle/scripts/stop.sh": 0o755,
+    }  # fmt: skip
+
+
+def test_an_older_state_directory_is_tightened_and_the_changes_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state_dir, outside = tmp_path / "state", tmp_path / "outside.txt"
+    expected = _older_state_dir(state_dir, outside)
+    with caplog.at_level(logging.INFO, logger="s3deploy.state"), StateStore.open(state_dir) as s:
+        assert len(s.history("Production")) == 1  # the data is kept
+    assert {name: _mode(state_dir / name) for name in expected} == expected
+    assert _mode(outside) == 0o666  # links inside the state directory are not followed
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"tightened 3 entries under {state_dir}/logs (made by an older" in logged
+    assert "stop.sh 0777 -> 0755" in logged
+    assert f"{state_dir.resolve()} was mode 0755, now 0711" in logged
+    # Done once: the next open finds nothing to change and says nothing.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="s3deploy.state"):
+        StateStore.open(state_dir).close()
+    assert [r.getMessage() for r in caplog.records if "mode" in r.getMessage()] == []
+
+
+@pytest.mark.parametrize("opener", ["store", "instance lock", "section lock", "cli"])
+def test_a_state_directory_that_is_a_file_is_reported_as_such(tmp_path: Path, opener: str) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.write_text("oops")
+    expected = rf"{re.escape(str(state_dir))} exists and is not a folder"
+    if opener == "cli":
+        config = tmp_path / "config.ini"
+        config.write_text("[Web]\ns3_bucket = b\ntarget_file_key = k\n")
+        proc = subprocess.run(
+            [sys.executable, "-m", "s3deploy", "status", "-c", str(config), "--state-dir", str(state_dir)],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(SRC_DIR)),
+        )  # fmt: skip
+        assert proc.returncode == 1 and re.search(expected, proc.stderr), proc.stderr
+        assert "File exists" not in proc.stderr and "Traceback" not in proc.stderr
+        return
+    with pytest.raises(S3DeployError, match=expected):
+        if opener == "store":
+            StateStore.open(state_dir)
+        elif opener == "instance lock":
+            InstanceLock(state_dir).acquire()
+        else:
+
+            async def hold() -> None:
+                async with SectionLocks(state_dir).hold(["Web"], wait=False):
+                    pass
+
+            asyncio.run(hold())
+
+
+# ---- the state directory model, tried by another local user ---------------------------------------------
+
+# Run as the other user: try each thing an attacker would, print {what: "ok" | errno name}.
+PROBE = textwrap.dedent(
+    """
+    import errno, fcntl, json, os, sys
+    state_dir, release_file, lock_files = sys.argv[1], sys.argv[2], sys.argv[3:]
+    def attempt(fn):
+        try:
+            fn()
+            return "ok"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    def read(path):
+        with open(path, "rb") as f:
+            f.read(1)
+    def flock(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    def write(path):
+        with open(path, "ab") as f:
+            f.write(b"#")
+    results = {
+        "list state dir": attempt(lambda: os.listdir(state_dir)),
+        "list releases": attempt(lambda: os.listdir(state_dir + "/releases")),
+        "read state.db": attempt(lambda: read(state_dir + "/state.db")),
+        "read logs": attempt(lambda: os.listdir(state_dir + "/logs")),
+        "read release file": attempt(lambda: read(release_file)),
+        "write release file": attempt(lambda: write(release_file)),
+        "plant in release": attempt(lambda: write(os.path.dirname(release_file) + "/planted")),
+    }
+    for path in [state_dir + "/daemon.lock", *lock_files]:
+        results["flock " + os.path.relpath(path, state_dir)] = attempt(lambda: flock(path))
+    print(json.dumps(results))
+    """
+)
+
+
+@pytest.fixture
+def other_user() -> Iterator[tuple[str, int, int]]:
+    """A fresh unprivileged local user (name, uid, gid), deleted afterwards. Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a user and switching to it needs root")
+    import pwd
+    import secrets as random_names
+
+    name = f"s3dt{random_names.token_hex(4)}"
+    made = subprocess.run(
+        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+         "--shell", "/usr/sbin/nologin", name],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"useradd failed: {made.stderr.strip()}")
+    entry = pwd.getpwnam(name)
+    try:
+        yield name, entry.pw_uid, entry.pw_gid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A folder every local user can traverse (pytest's tmp_path is under a root-only 0700 folder)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="s3deploy-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def probe_as(user: tuple[str, int, int], state_dir: Path, release_file: Path, *locks: Path) -> dict[str, str]:
+    _, uid, gid = user
+    python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None)
+    if python is None:  # this venv's interpreter may sit in root's home, out of the user's reach
+        pytest.skip("no system python3 that another user can run")
+    proc = subprocess.run(
+        [python, "-c", PROBE, str(state_dir), str(release_file), *map(str, locks)],
+        capture_output=True, text=True, timeout=60, user=uid, group=gid, extra_groups=[],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, str] = json.loads(proc.stdout)
+    return result
+
+
+DENIED = "EACCES"
+
+
+async def test_another_local_user_reaches_a_release_by_path_and_nothing_else(
+    other_user: tuple[str, int, int], reachable_dir: Path
+) -> None:
+    state_dir = reachable_dir / "state"
+    layout = StateLayout(state_dir)
+    with StateStore.open(state_dir) as s:
+        dep = deploy(s, "succeeded", section="Web")
+    release = layout.create_release_dir("Web", dep.id) / "bundle" / "scripts"
+    release.mkdir(parents=True)
+    (release / "stop.sh").write_text("#!/bin/sh\n")
+    sink = OutputSink(section_logger(logging.getLogger("test"), "Web"), layout.log_file("Web", dep.id))
+    sink.open()  # as a deployment writes its hook output
+    sink.line("AfterInstall", "secret=hunter2")
+    sink.close()
+    log_file = layout.log_file("Web", dep.id)
+    assert (_mode(log_file.parent), _mode(log_file)) == (0o700, 0o600)  # private even inside logs/
+    locks = SectionLocks(state_dir)
+    with InstanceLock(state_dir):
+        async with locks.hold(["Web"], wait=False), locks.hold_destinations("Web", ["/srv/x"], wait=False):
+            lock_files = sorted(layout.lock_dir.rglob("*.lock"))
+            seen = await asyncio.to_thread(probe_as, other_user, state_dir, release / "stop.sh", *lock_files)
+    assert len(lock_files) == 4  # Web, /srv/x, /srv and /
+    assert seen.pop("read release file") == "ok"  # what a runas hook needs
+    assert seen == dict.fromkeys(seen, DENIED)
+    assert "flock daemon.lock" in seen and "flock locks/Web.lock" in seen
+
+
+def test_an_older_state_directory_is_closed_to_other_users_once_opened(
+    other_user: tuple[str, int, int], reachable_dir: Path
+) -> None:
+    state_dir = reachable_dir / "state"
+    _older_state_dir(state_dir, reachable_dir / "outside.txt")
+    release_file = state_dir / "releases/Web/d-OLD000001/bundle/scripts/stop.sh"
+    lock = state_dir / "locks" / "Web.lock"
+    before = probe_as(other_user, state_dir, release_file, lock)
+    # What an older s3deploy left open: a local user could stall it (flock), read the state, and plant
+    # a script that the next deployment runs as root (ApplicationStop of the previous release).
+    assert [before[k] for k in ("flock daemon.lock", "flock locks/Web.lock", "read state.db")] == ["ok"] * 3
+    assert before["write release file"] == "ok"
+    StateStore.open(state_dir).close()
+    after = probe_as(other_user, state_dir, release_file, lock)
+    assert after.pop("read release file") == "ok"
+    assert after == dict.fromkeys(after, DENIED)
+
+
+def test_a_state_directory_of_another_user_is_refused(
+    other_user: tuple[str, int, int], tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    os.chown(state_dir, other_user[1], other_user[2])
+    with pytest.raises(S3DeployError, match=rf"{re.escape(str(state_dir))} belongs to uid {other_user[1]}"):
+        StateStore.open(state_dir)
+    assert list(state_dir.iterdir()) == []
+
+
+def test_a_runas_hook_runs_from_its_release_and_cannot_see_the_rest(
+    other_user: tuple[str, int, int], reachable_dir: Path, seaweed: Any, make_bucket: Any, s3_client: Any
+) -> None:
+    """The shipped unit's StateDirectoryMode=0750 once locked every runas hook out of its release."""
+    name, uid, _ = other_user
+    state_dir, out = reachable_dir / "state", reachable_dir / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    hook = f"""#!/bin/sh
+id -u > {out}/uid
+cat app/x > {out}/read
+ls {state_dir} > /dev/null 2>&1 && echo "listed the state directory" >> {out}/leaks
+cat {state_dir}/state.db > /dev/null 2>&1 && echo "read state.db" >> {out}/leaks
+ls {state_dir}/logs > /dev/null 2>&1 && echo "listed the logs" >> {out}/leaks
+touch "$S3DEPLOY_BUNDLE_DIR/planted" 2> /dev/null && echo "wrote into the release" >> {out}/leaks
+exit 0
+"""
+    spec = f"version: 0.0\nos: linux\nhooks:\n  AfterInstall:\n    - location: hook.sh\n      runas: {name}\n"
+    bucket = make_bucket()
+    body = zip_bytes({"appspec.yml": spec, "hook.sh": hook, "app/x": "bundle content"})
+    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=body)
+    config = reachable_dir / "config.ini"
+    config.write_text(
+        f"[Web]\ns3_bucket = {bucket}\ntarget_file_key = app.zip\nendpoint_url = {seaweed.endpoint_url}\n"
+        f"destination = {reachable_dir / 'www'}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "s3deploy", "deploy", "Web", "-c", str(config), "--state-dir", str(state_dir)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(SRC_DIR)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "uid").read_text().strip() == str(uid)
+    assert (out / "read").read_text() == "bundle content"
+    assert not (out / "leaks").exists(), (out / "leaks").read_text()

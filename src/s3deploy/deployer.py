@@ -22,7 +22,7 @@ from s3deploy.appspec import load_appspec
 from s3deploy.bundle.extract import unpack
 from s3deploy.common.backoff import backoff_delay
 from s3deploy.config import Section
-from s3deploy.errors import RevisionChanged, S3DeployError, SourceError
+from s3deploy.errors import LockBusy, RevisionChanged, S3DeployError, SourceError
 from s3deploy.lifecycle.deploylog import OutputSink
 from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
 from s3deploy.lifecycle.sessions import kill_leftover_hooks
@@ -183,7 +183,7 @@ class Deployer:
 
     async def _fetch(self, rev: Revision, release_dir: Path, dep_id: str, log: SectionAdapter) -> Release:
         """Download (pinned, verified) and unpack into the release folder; the archive is removed after."""
-        await asyncio.to_thread(release_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.agent.layout.create_release_dir, self.section.name, dep_id)
         archive = release_dir / "bundle.download"
         started = time.monotonic()
         progress = self.agent.progress(rev.url, rev.size) if self.agent.progress else None
@@ -254,11 +254,18 @@ class Deployer:
         result = LifecycleResult()
         timeout = self.section.deployment_timeout_s
         destinations = self._destinations(release, previous)
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            # Whatever section (or process) installs into an overlapping folder waits for this one.
-            # Always waits: the deployment is recorded already; the holder's own deployment_timeout bounds it.
-            async with self.agent.locks.hold_destinations(self.section.name, destinations, wait=True):
-                await asyncio.wait_for(lifecycle.run(result), timeout)
+            # Whatever section (or process) installs into an overlapping folder waits for this one, within
+            # its own deployment_timeout: then it fails naming the holder.
+            async with self.agent.locks.hold_destinations(
+                self.section.name, destinations, wait=True, timeout_s=timeout
+            ):
+                remaining = deadline - asyncio.get_running_loop().time()
+                await asyncio.wait_for(lifecycle.run(result), max(0.0, remaining))
+        except LockBusy as e:
+            result.failed_event, result.error = "BeforeInstall", str(e)
+            sink.log.error("%s", result.error)
         except TimeoutError:
             result.failed_event = result.current_event or "BeforeInstall"
             result.error = (

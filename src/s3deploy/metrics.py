@@ -2,35 +2,41 @@
 
 The watchers report polls and deployments to a :class:`Monitor` (the watcher's ``Observer``). The monitor
 keeps in-memory counters (polls, poll errors, deployments by status since the process started) and reads
-everything else from the state database when asked, so a scrape always shows what is recorded:
+everything else from the state database when asked, so a scrape always shows what is recorded. The
+exposition format (text 0.0.4, or OpenMetrics when the scraper asks) and the standard process_* and
+python_* metrics are prometheus_client's:
 
-- ``run --metrics-port N``: a tiny HTTP/1.0 server on 127.0.0.1:N (asyncio streams: no web framework for
-  one read-only page) answering ``GET /metrics``;
-- ``run --metrics-textfile PATH``: the same text for node_exporter's textfile collector, rewritten
-  atomically (temporary file + rename) after each poll or deployment;
+- ``run --metrics-port N``: an HTTP server on 127.0.0.1:N (metrics_endpoint.py) answering ``GET /metrics``
+  with every family, process metrics included;
+- ``run --metrics-textfile PATH``: the s3deploy_* families for node_exporter's textfile collector (not the
+  process ones: node_exporter has its own), rewritten atomically after each poll or deployment;
 - systemd ``STATUS=``: "2 sections: Production deploying d-XXXX, Staging idle", refreshed on changes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
 from s3deploy import __version__
 from s3deploy.common.files import atomic_write
-from s3deploy.errors import ConfigError
-from s3deploy.state.store import STATUSES, Deployment, StateStore
+from s3deploy.metrics_endpoint import MetricsEndpoint
+from s3deploy.state.model import STATUSES, Deployment
+from s3deploy.state.store import StateStore
 
 logger = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SECTION_STATES = ("never", "idle", "deploying", "failed")
-_REQUEST_TIMEOUT_S = 5.0
+FINAL_STATUSES = STATUSES[1:]
 
 
 class Observer(Protocol):
@@ -41,28 +47,6 @@ class Observer(Protocol):
     def deployment_started(self, section: str, deployment_id: str) -> None: ...
 
     def deployment_finished(self, deployment: Deployment) -> None: ...
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(**labels: str | None) -> str:
-    return "{" + ",".join(f'{k}="{_escape(v or "")}"' for k, v in labels.items()) + "}"
-
-
-class _Family:
-    """One metric family in the text exposition format: HELP, TYPE, then its samples."""
-
-    def __init__(self, name: str, kind: str, help_text: str) -> None:
-        self.lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        self.name = name
-
-    def add(self, value: float, **labels: str | None) -> None:
-        number = (
-            repr(float(value)) if isinstance(value, float) and not value.is_integer() else str(int(value))
-        )
-        self.lines.append(f"{self.name}{_labels(**labels)} {number}")
 
 
 def _last_finished(history: Iterable[Deployment]) -> Deployment | None:
@@ -95,6 +79,76 @@ def status_line(state: StateStore, sections: Sequence[str]) -> str:
     return f"{len(sections)} section{'s' if len(sections) != 1 else ''}: {parts}"
 
 
+#: name -> (counter?, help, labels) of every s3deploy_* family, in the order they are exposed. Counters
+#: are named without "_total": prometheus_client adds it to their samples.
+_FAMILIES: dict[str, tuple[bool, str, tuple[str, ...]]] = {
+    "s3deploy_info": (False, "The running agent's version.", ("version",)),
+    "s3deploy_polls": (True, "S3 checks since the agent started.", ("section",)),
+    "s3deploy_poll_errors": (True, "S3 checks that failed since the agent started.", ("section",)),
+    "s3deploy_deployments": (
+        True, "Deployments finished since the agent started, by status.", ("section", "status"),
+    ),
+    "s3deploy_section_state": (
+        False, "1 for the section's current state (never/idle/deploying/failed).", ("section", "state"),
+    ),
+    "s3deploy_section_suspended": (False, "1 while the section is suspended.", ("section",)),
+    "s3deploy_last_deployment_status": (
+        False, "1 for the status of the latest finished deployment.", ("section", "status"),
+    ),
+    "s3deploy_last_deployment_duration_seconds": (
+        False, "How long the latest finished deployment took.", ("section",),
+    ),
+    "s3deploy_last_deployment_timestamp_seconds": (
+        False, "When the latest finished deployment ended (Unix time).", ("section",),
+    ),
+    "s3deploy_current_revision_info": (
+        False, "The installed release: its deployment id, ETag and VersionId as labels.",
+        ("section", "deployment_id", "etag", "version_id"),
+    ),
+}  # fmt: skip
+
+
+class _SectionCollector(Collector):
+    """The s3deploy_* families: the monitor's counters and what the state database records."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            name: (CounterMetricFamily if counter else GaugeMetricFamily)(name, text, labels=list(labels))
+            for name, (counter, text, labels) in _FAMILIES.items()
+        }
+        families["s3deploy_info"].add_metric([__version__], 1)
+        for section in self.monitor.sections:
+            for name, labels, value in self._samples(section):
+                families[name].add_metric([section, *labels], value)
+        yield from families.values()
+
+    def _samples(self, section: str) -> Iterator[tuple[str, list[str], float]]:
+        """(family, labels after ``section``, value) of one section."""
+        monitor, state = self.monitor, self.monitor.state
+        yield "s3deploy_polls", [], monitor.polls[section]
+        yield "s3deploy_poll_errors", [], monitor.poll_errors[section]
+        for status in FINAL_STATUSES:
+            yield "s3deploy_deployments", [status], monitor.deployments[(section, status)]
+        now_state = state.section_state(section)
+        for value in SECTION_STATES:
+            yield "s3deploy_section_state", [value], int(value == now_state)
+        yield "s3deploy_section_suspended", [], int(state.get_section(section).suspended)
+        latest = _last_finished(state.history(section, 10))
+        if latest is not None and latest.finished_at is not None:
+            for status in FINAL_STATUSES:
+                yield "s3deploy_last_deployment_status", [status], int(latest.status == status)
+            took = (latest.finished_at - latest.started_at).total_seconds()
+            yield "s3deploy_last_deployment_duration_seconds", [], round(took, 3)
+            yield "s3deploy_last_deployment_timestamp_seconds", [], round(latest.finished_at.timestamp(), 3)
+        installed = state.current(section)
+        if installed is not None:
+            ids = [installed.restores or installed.id, installed.etag or "", installed.version_id or ""]
+            yield "s3deploy_current_revision_info", ids, 1
+
+
 class Monitor:
     """In-memory counters the watchers update, plus the metrics endpoint, textfile and STATUS updates."""
 
@@ -116,8 +170,16 @@ class Monitor:
         self.deployments: Counter[tuple[str, str]] = Counter()
         self._changed = asyncio.Event()
         self._last_status = ""
-        self.bound_port: int | None = None
-        self._server: asyncio.Server | None = None
+        #: The s3deploy_* families (the textfile); ``registry`` adds the process and Python ones.
+        self.own_registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        collector = _SectionCollector(self)
+        for registry in (self.own_registry, self.registry):
+            registry.register(collector)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._endpoint: MetricsEndpoint | None = None
 
     # ---- Observer ------------------------------------------------------------------------------------
     def polled(self, section: str, error: str | None) -> None:
@@ -140,68 +202,8 @@ class Monitor:
 
     # ---- output --------------------------------------------------------------------------------------
     def render(self) -> str:
-        """Every metric in the Prometheus text exposition format (reads the state database)."""
-        info = _Family("s3deploy_info", "gauge", "The running agent's version.")
-        info.add(1, version=__version__)
-        polls = _Family("s3deploy_polls_total", "counter", "S3 checks since the agent started.")
-        errors = _Family(
-            "s3deploy_poll_errors_total", "counter", "S3 checks that failed since the agent started."
-        )
-        deps = _Family(
-            "s3deploy_deployments_total",
-            "counter",
-            "Deployments finished since the agent started, by status.",
-        )
-        state = _Family(
-            "s3deploy_section_state",
-            "gauge",
-            "1 for the section's current state (never/idle/deploying/failed).",
-        )
-        suspended = _Family("s3deploy_section_suspended", "gauge", "1 while the section is suspended.")
-        last = _Family(
-            "s3deploy_last_deployment_status", "gauge", "1 for the status of the latest finished deployment."
-        )
-        duration = _Family(
-            "s3deploy_last_deployment_duration_seconds",
-            "gauge",
-            "How long the latest finished deployment took.",
-        )
-        finished = _Family(
-            "s3deploy_last_deployment_timestamp_seconds",
-            "gauge",
-            "When the latest finished deployment ended (Unix time).",
-        )
-        current = _Family(
-            "s3deploy_current_revision_info",
-            "gauge",
-            "The installed release: its deployment id, ETag and VersionId as labels.",
-        )
-        for name in self.sections:
-            polls.add(self.polls[name], section=name)
-            errors.add(self.poll_errors[name], section=name)
-            for status in STATUSES[1:]:
-                deps.add(self.deployments[(name, status)], section=name, status=status)
-            now_state = self.state.section_state(name)
-            for value in SECTION_STATES:
-                state.add(int(value == now_state), section=name, state=value)
-            suspended.add(int(self.state.get_section(name).suspended), section=name)
-            latest = _last_finished(self.state.history(name, 10))
-            if latest is not None and latest.finished_at is not None:
-                for status in STATUSES[1:]:
-                    last.add(int(latest.status == status), section=name, status=status)
-                duration.add(round((latest.finished_at - latest.started_at).total_seconds(), 3), section=name)
-                finished.add(round(latest.finished_at.timestamp(), 3), section=name)
-            installed = self.state.current(name)
-            if installed is not None:
-                current.add(
-                    1,
-                    section=name,
-                    deployment_id=installed.restores or installed.id,
-                    etag=installed.etag,
-                    version_id=installed.version_id,
-                )
-        families = (info, polls, errors, deps, state, suspended, last, duration, finished, current)
-        return "\n".join(line for family in families for line in family.lines) + "\n"
+        """The s3deploy_* families in the Prometheus text format (reads the state database)."""
+        return generate_latest(self.own_registry).decode()
 
     def status_text(self) -> str:
         return status_line(self.state, self.sections)
@@ -209,27 +211,30 @@ class Monitor:
     # ---- the loop ------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Listen on 127.0.0.1:port when a port is set; ConfigError when it cannot (exit 2 at startup)."""
-        if self.port is not None and self._server is None:
-            self._server = await self._serve()
+        if self.port is not None and self._endpoint is None:
+            self._endpoint = MetricsEndpoint.listen(self.registry, self.port)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Refresh STATUS and the textfile on every change until ``stop``; then close the endpoint."""
-        server = self._server
-        try:
-            while not stop.is_set():
-                waiter = asyncio.ensure_future(self._changed.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-                    stopper.cancel()
-                self._changed.clear()
-                await self._publish()
-        finally:
-            if server is not None:
-                server.close()
-                await server.wait_closed()
+        """Serve the endpoint, and refresh STATUS and the textfile on every change, until ``stop``."""
+        async with asyncio.TaskGroup() as tg:
+            server = tg.create_task(self._endpoint.serve()) if self._endpoint is not None else None
+            try:
+                await self._follow(stop)
+            finally:
+                if server is not None:
+                    server.cancel()
+
+    async def _follow(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(self._changed.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            self._changed.clear()
+            await self._publish()
 
     async def _publish(self) -> None:
         try:
@@ -243,47 +248,6 @@ class Monitor:
                 await asyncio.to_thread(write_textfile, self.textfile, body)
         except Exception as e:  # metrics must never take the agent down
             logger.warning("could not update the metrics/status: %s", e)
-
-    async def _serve(self) -> asyncio.Server:
-        assert self.port is not None
-        try:
-            server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        except OSError as e:
-            raise ConfigError(
-                f"--metrics-port {self.port}: cannot listen on 127.0.0.1: {e.strerror}; pick a free port"
-            ) from e
-        self.bound_port = server.sockets[0].getsockname()[1]
-        logger.info("metrics on http://127.0.0.1:%d/metrics", self.bound_port)
-        return server
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """HTTP/1.0: read the request head, answer, close. Only GET/HEAD of /metrics (or /)."""
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT_S)
-            method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                status, body, ctype = "405 Method Not Allowed", b"only GET\n", "text/plain"
-            elif path not in ("/metrics", "/"):
-                status, body, ctype = "404 Not Found", b"see /metrics\n", "text/plain"
-            else:
-                status, ctype = "200 OK", CONTENT_TYPE
-                body = (await asyncio.to_thread(self.render)).encode()
-            writer.write(
-                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            if method != "HEAD":
-                writer.write(body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        except Exception as e:
-            logger.warning("metrics request failed: %s", e)
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
 
 
 def write_textfile(path: Path, body: str) -> None:

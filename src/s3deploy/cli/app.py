@@ -27,7 +27,6 @@ from s3deploy.log import setup_logging
 from s3deploy.publish import check_path, publish_bundle
 from s3deploy.runtime.daemon import Daemon, Selection, check, overlapping_groups, run_once
 from s3deploy.source.s3 import Endpoint, S3Pool
-from s3deploy.state.layout import StateLayout
 from s3deploy.state.locks import SectionLocks
 from s3deploy.state.store import Deployment, StateStore
 from s3deploy.watcher import Watcher
@@ -133,7 +132,7 @@ def _arun(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _open_state(state_dir: Path) -> StateStore:
-    return _guard(lambda: StateStore(StateLayout(state_dir).database))
+    return _guard(lambda: StateStore.open(state_dir))
 
 
 # ------------------------------------------------------------------------------ run
@@ -316,7 +315,7 @@ async def _one_shot(
     action: Callable[[Watcher], Coroutine[Any, Any, T]],
     progress: ProgressFactory | None = None,
 ) -> T:
-    store = StateStore(StateLayout(state_dir).database)
+    store = StateStore.open(state_dir)
     try:
         async with S3Pool() as pool:
             agent = Agent(state_dir, store, pool, SectionLocks(state_dir), lock_wait=False, progress=progress)

@@ -24,7 +24,6 @@ from s3deploy.errors import ConfigError, LockBusy, S3DeployError, SourceError
 from s3deploy.metrics import Monitor
 from s3deploy.notify import Notifier
 from s3deploy.source.s3 import S3Pool
-from s3deploy.state.layout import StateLayout
 from s3deploy.state.locks import InstanceLock, SectionLocks
 from s3deploy.state.store import Deployment, StateStore
 from s3deploy.watcher import Watcher
@@ -105,7 +104,7 @@ class Daemon:
         lock = InstanceLock(self.state_dir)
         lock.acquire()
         try:
-            state = StateStore(StateLayout(self.state_dir).database)
+            state = StateStore.open(self.state_dir)
             try:
                 recover_interrupted(state)  # logs each one; removes their partial release folders
                 self._monitor = Monitor(
@@ -252,7 +251,7 @@ async def run_once(config: Config, selection: Selection, state_dir: Path) -> lis
     lock = InstanceLock(state_dir)
     lock.acquire()
     try:
-        state = StateStore(StateLayout(state_dir).database)
+        state = StateStore.open(state_dir)
         try:
             recover_interrupted(state)
             async with S3Pool() as pool:

@@ -1,8 +1,12 @@
-"""Locks that keep deployments apart: one daemon per state directory, one deployment per section.
+"""Locks that keep deployments apart: one daemon per state directory, one deployment per section, one
+lifecycle per destination folder.
 
-Both use flock(2): the lock belongs to an open file and dies with the process holding it, so a crash never
+All use flock(2): the lock belongs to an open file and dies with the process holding it, so a crash never
 leaves a stale "in progress" behind (the seed's ``installation_in_progress`` flag did). Lock files are
 never deleted: unlinking a lock file while another process waits on it would let two processes "hold" it.
+They are 0600 in root-only folders (layout.py): no other local user can open one, so none can flock it
+to stall the agent. A wait for a lock held by another process is logged with the holder's pid when it
+starts and every REPORT_EVERY_S; a wait with a timeout gives up with LockBusy naming the holder.
 """
 
 from __future__ import annotations
@@ -18,23 +22,40 @@ from pathlib import Path
 from types import TracebackType
 
 from s3deploy.errors import LockBusy, S3DeployError
-from s3deploy.state.layout import StateLayout
+from s3deploy.state.layout import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, StateLayout
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 POLL_MIN_S = 0.05
 POLL_MAX_S = 0.5
 # wait=False still retries this long: a `status` probe holds a section's flock for microseconds.
 BUSY_GRACE_S = 0.2
+#: A long wait for a lock is logged again this often, naming the holder.
+REPORT_EVERY_S = 60.0
 
 
 def _open_lock_file(path: Path) -> int:
+    """Open (creating it 0600, its folder 0700) the lock file ``path``; never through a symlink."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         # O_CLOEXEC: hook processes must not inherit (and so prolong) the agent's locks.
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    except (FileExistsError, NotADirectoryError) as e:
+        folder = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise S3DeployError(
+            f"state directory: {folder} exists and is not a folder (needed for the lock file {path}); "
+            "move it away or use another --state-dir"
+        ) from e
     except OSError as e:
         raise S3DeployError(f"cannot open the lock file {path}: {e.strerror}") from e
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE_FILE_MODE)  # made by an older s3deploy (0644)
+    except OSError as e:
+        os.close(fd)
+        raise S3DeployError(f"cannot restrict the lock file {path} to its owner: {e.strerror}") from e
+    return fd
 
 
 def _try_flock(fd: int, path: Path, operation: int = fcntl.LOCK_EX) -> bool:
@@ -54,7 +75,7 @@ def _write_pid(fd: int) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError as e:
-        log.debug("could not write the pid into a lock file: %s", e)
+        logger.debug("could not write the pid into a lock file: %s", e)
 
 
 def _clear_and_close(fd: int) -> None:
@@ -84,18 +105,18 @@ class InstanceLock:
     """STATE_DIR/daemon.lock: at most one daemon per state directory (a second one gets LockBusy)."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = StateLayout(Path(state_dir)).daemon_lock
+        self.layout = StateLayout(Path(state_dir))
+        self.path = self.layout.daemon_lock
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        """True while this object holds the lock."""
-        return self._fd is not None
-
     def acquire(self) -> None:
-        """Take the lock now or raise LockBusy naming the holder's pid; a no-op when already held."""
+        """Take the lock now or raise LockBusy naming the holder's pid; a no-op when already held.
+
+        Prepares the state directory first (made, or tightened to its modes; S3DeployError naming the
+        path when it cannot be)."""
         if self._fd is not None:
             return
+        self.layout.prepare()
         fd = _open_lock_file(self.path)
         try:
             acquired = _try_flock(fd, self.path)
@@ -110,14 +131,14 @@ class InstanceLock:
             )
         _write_pid(fd)
         self._fd = fd
-        log.debug("instance lock %s acquired", self.path)
+        logger.debug("instance lock %s acquired", self.path)
 
     def release(self) -> None:
         """Give the lock up; a no-op when not held."""
         fd, self._fd = self._fd, None
         if fd is not None:
             _clear_and_close(fd)
-            log.debug("instance lock %s released", self.path)
+            logger.debug("instance lock %s released", self.path)
 
     def __enter__(self) -> InstanceLock:
         self.acquire()
@@ -185,24 +206,32 @@ class SectionLocks:
 
     @asynccontextmanager
     async def hold_destinations(
-        self, section: str, destinations: Iterable[Path | str], *, wait: bool
+        self,
+        section: str,
+        destinations: Iterable[Path | str],
+        *,
+        wait: bool,
+        timeout_s: float | None = None,
     ) -> AsyncIterator[None]:
         """Hold the folder locks of ``destinations`` (see destination_lock_modes) for the ``async with``.
 
         Taken in sorted path order after the section locks, so no two deployers ever deadlock. Whichever
         sections (of this daemon, of another config, a one-shot command) install into overlapping folders,
-        their lifecycles never run at the same time.
+        their lifecycles never run at the same time. With ``wait``, gives up with LockBusy naming the
+        holder once ``timeout_s`` (for all of them together) has passed.
         """
         modes = destination_lock_modes(destinations)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         async with contextlib.AsyncExitStack() as stack:
             for root in sorted(modes):
-                what = f"[{section}] destination {root}"
                 fd = await self._acquire(
                     self.destination_lock_path(root),
                     modes[root],
                     wait=wait,
-                    what=what,
+                    what=f"[{section}] destination {root}",
                     nobody=_SHARED_HOLDERS,
+                    deadline=deadline,
                 )
                 # An exclusive holder's pid goes with it: a later (shared) holder must not be named by it.
                 stack.callback(_clear_and_close if modes[root] == fcntl.LOCK_EX else os.close, fd)
@@ -214,23 +243,44 @@ class SectionLocks:
         )
 
     async def _acquire(
-        self, path: Path, operation: int, *, wait: bool, what: str, nobody: str = "pid unknown"
+        self,
+        path: Path,
+        operation: int,
+        *,
+        wait: bool,
+        what: str,
+        nobody: str = "pid unknown",
+        deadline: float | None = None,
     ) -> int:
+        """Poll for the flock of ``path``: at most BUSY_GRACE_S without ``wait``, else until ``deadline``
+        (loop time; None: for as long as it takes), reporting the holder while it waits."""
         fd = _open_lock_file(path)
+        loop = asyncio.get_running_loop()
+        started = report_at = loop.time()
         try:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
             delay = POLL_MIN_S
             while not _try_flock(fd, path, operation):
-                if not wait and loop.time() - started >= BUSY_GRACE_S:
+                now = loop.time()
+                if not wait and now - started >= BUSY_GRACE_S:
                     raise LockBusy(
                         f"{what} is being deployed by another s3deploy process or section "
                         f"({_holder(path, nobody)}; lock file {path}); try again when it has finished"
                     )
-                if wait and delay == POLL_MIN_S:
-                    holder = _holder(path, nobody)
-                    log.info("%s: waiting for another deployment (%s) to finish with it", what, holder)
-                await asyncio.sleep(delay)
+                if wait and deadline is not None and now >= deadline:
+                    raise LockBusy(
+                        f"{what}: gave up after waiting {now - started:.0f}s for another deployment "
+                        f"({_holder(path, nobody)}; lock file {path}) to finish with it"
+                    )
+                if wait and now >= report_at:
+                    logger.info(
+                        "%s: %s for another deployment (%s; lock file %s) to finish with it",
+                        what,
+                        "waiting" if report_at == started else f"still waiting after {now - started:.0f}s",
+                        _holder(path, nobody),
+                        path,
+                    )
+                    report_at += REPORT_EVERY_S
+                await asyncio.sleep(delay if deadline is None else max(0.0, min(delay, deadline - now)))
                 if wait:
                     delay = min(delay * 2, POLL_MAX_S)
         except BaseException:
@@ -238,28 +288,10 @@ class SectionLocks:
             raise
         if operation == fcntl.LOCK_EX:
             _write_pid(fd)
-        waited = loop.time() - started
-        log.debug("%s: lock %s acquired after %.2fs", what, path, waited)
+        logger.debug("%s: lock %s acquired after %.2fs", what, path, loop.time() - started)
         return fd
 
     def _unflock(self, section: str) -> None:
         fd = self._fds.pop(section, None)
         if fd is not None:
             _clear_and_close(fd)
-
-    def is_held_elsewhere(self, section: str) -> bool:
-        """True when another process (or another SectionLocks) holds the flock of ``section``."""
-        if section in self._fds:
-            return False
-        path = self.lock_path(section)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        except OSError as e:
-            raise S3DeployError(f"cannot open the lock file {path}: {e.strerror}") from e
-        try:
-            # A shared probe: two concurrent probes (two `status` commands) never see each other.
-            return not _try_flock(fd, path, fcntl.LOCK_SH)
-        finally:
-            os.close(fd)

@@ -2,195 +2,32 @@
 
 The daemon and one-shot commands use the same database from different processes at the same time, so it
 runs in WAL mode (readers never wait for the writer) and every call is one short transaction. The API is
-synchronous; async code calls it through ``asyncio.to_thread``.
+synchronous; async code calls it through ``asyncio.to_thread``. The row values live in ``model``, the
+schema in ``schema``, what pruning may delete in ``retention``.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
-import string
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from s3deploy.errors import S3DeployError
+from s3deploy.state import model, retention
+from s3deploy.state.layout import StateLayout
+from s3deploy.state.model import Deployment, SectionRecord
+from s3deploy.state.schema import connect
 
-log = logging.getLogger(__name__)
+__all__ = ["Deployment", "SectionRecord", "StateStore"]
 
-STATUSES = ("running", "succeeded", "failed", "interrupted")
-FINAL_STATUSES = frozenset({"succeeded", "failed", "interrupted"})
-INTERRUPTED_ERROR = "the agent stopped while this deployment was running"
-OUTPUT_TAIL_MAX_BYTES = 8192
+logger = logging.getLogger(__name__)
+
 # record_poll() refreshes an unchanged section's last_poll_at at most this often: cheap, yet fresh enough.
 POLL_TOUCH_INTERVAL_S = 300.0
-#: How long opening the state database retries while another process is setting it up.
-OPEN_RETRY_S = 10.0
-_ID_ALPHABET = string.ascii_uppercase + string.digits
-
-# One entry per schema version; statements run one by one (executescript would commit mid-migration).
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE deployments (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            section TEXT NOT NULL,
-            bucket TEXT NOT NULL,
-            key TEXT NOT NULL,
-            etag TEXT,
-            version_id TEXT,
-            identity TEXT,
-            status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
-            started_at TEXT NOT NULL,
-            finished_at TEXT,
-            failed_event TEXT,
-            error TEXT,
-            rollback_of TEXT REFERENCES deployments(id),
-            restores TEXT REFERENCES deployments(id),
-            release_dir TEXT,
-            log_path TEXT,
-            output_tail TEXT NOT NULL DEFAULT '',
-            forced INTEGER NOT NULL DEFAULT 0 CHECK (forced IN (0, 1))
-        )""",
-        "CREATE INDEX deployments_by_section ON deployments (section, seq)",
-        "CREATE INDEX deployments_running ON deployments (section) WHERE status = 'running'",
-        """CREATE TABLE sections (
-            name TEXT PRIMARY KEY,
-            suspended INTEGER NOT NULL DEFAULT 0 CHECK (suspended IN (0, 1)),
-            baseline_identity TEXT,
-            baseline_at TEXT,
-            last_seen_identity TEXT,
-            last_poll_at TEXT,
-            last_error TEXT
-        )""",
-    ),
-    # 2: when Install completed, recorded the moment it does (ApplicationStop of the next deployment runs
-    # from the release whose Install last completed, even when the process died right after Install).
-    # transient: a DownloadBundle failure on an S3 error that may heal (5xx, reset, checksum mismatch in
-    # transit): unlike a bad bundle or a failing hook, the revision is tried again at the next poll.
-    (
-        "ALTER TABLE deployments ADD COLUMN install_completed_at TEXT",
-        "ALTER TABLE deployments ADD COLUMN transient INTEGER NOT NULL DEFAULT 0 CHECK (transient IN (0, 1))",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-def _parse_ts(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _tail(text: str) -> str:
-    """The last OUTPUT_TAIL_MAX_BYTES of ``text`` (UTF-8), never splitting a character."""
-    raw = text.encode("utf-8", "replace")
-    if len(raw) <= OUTPUT_TAIL_MAX_BYTES:
-        return text
-    return raw[-OUTPUT_TAIL_MAX_BYTES:].decode("utf-8", "ignore")
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """One deployment attempt of a section (the SPEC's ``D`` object)."""
-
-    id: str
-    section: str
-    bucket: str
-    key: str
-    etag: str | None
-    version_id: str | None
-    identity: str | None
-    status: str
-    started_at: datetime
-    finished_at: datetime | None
-    failed_event: str | None
-    error: str | None
-    rollback_of: str | None
-    restores: str | None
-    release_dir: str | None
-    log_path: str | None
-    output_tail: str
-    forced: bool
-    #: When Install finished (its files are on disk); None when the deployment never got that far.
-    install_completed_at: datetime | None = None
-    #: Failed in DownloadBundle on an S3 error that may heal: the watcher tries the revision again.
-    transient: bool = False
-
-    @property
-    def is_rollback(self) -> bool:
-        """True when this deployment reinstalls a release from disk rather than a revision from S3."""
-        return self.rollback_of is not None or self.restores is not None
-
-    def to_json(self) -> dict[str, Any]:
-        """The SPEC §4 keys in order, then a few extras operators find useful."""
-        return {
-            "id": self.id,
-            "etag": self.etag,
-            "version_id": self.version_id,
-            "status": self.status,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at) if self.finished_at is not None else None,
-            "failed_event": self.failed_event,
-            "error": self.error,
-            "rollback_of": self.rollback_of,
-            "restores": self.restores,
-            "section": self.section,
-            "identity": self.identity,
-            "release_dir": self.release_dir,
-            "log_path": self.log_path,
-        }
-
-
-@dataclass(frozen=True)
-class SectionRecord:
-    """What the agent remembers about a section besides its deployments."""
-
-    name: str
-    suspended: bool = False
-    baseline_identity: str | None = None
-    baseline_at: datetime | None = None
-    last_seen_identity: str | None = None
-    last_poll_at: datetime | None = None
-    last_error: str | None = None
-
-
-def _deployment(row: sqlite3.Row) -> Deployment:
-    started_at = _parse_ts(row["started_at"])
-    assert started_at is not None  # NOT NULL in the schema
-    return Deployment(
-        id=row["id"], section=row["section"], bucket=row["bucket"], key=row["key"], etag=row["etag"],
-        version_id=row["version_id"], identity=row["identity"], status=row["status"],
-        started_at=started_at, finished_at=_parse_ts(row["finished_at"]),
-        failed_event=row["failed_event"], error=row["error"], rollback_of=row["rollback_of"],
-        restores=row["restores"], release_dir=row["release_dir"], log_path=row["log_path"],
-        output_tail=row["output_tail"], forced=bool(row["forced"]),
-        install_completed_at=_parse_ts(row["install_completed_at"]), transient=bool(row["transient"]),
-    )  # fmt: skip
-
-
-def _section(row: sqlite3.Row) -> SectionRecord:
-    return SectionRecord(
-        name=row["name"], suspended=bool(row["suspended"]), baseline_identity=row["baseline_identity"],
-        baseline_at=_parse_ts(row["baseline_at"]), last_seen_identity=row["last_seen_identity"],
-        last_poll_at=_parse_ts(row["last_poll_at"]), last_error=row["last_error"],
-    )  # fmt: skip
-
 
 _NEWEST = "SELECT * FROM deployments WHERE section = ? {where} ORDER BY seq DESC LIMIT 1"
 _NOT_ROLLBACK = "AND rollback_of IS NULL AND restores IS NULL"
@@ -199,33 +36,20 @@ _NOT_ROLLBACK = "AND rollback_of IS NULL AND restores IS NULL"
 class StateStore:
     """The state database. Thread-safe: one connection guarded by a lock; each call is one transaction."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = model.utcnow) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
         self._writes = 0  # writes of this process that can change a deployment decision
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE for writes, so two processes
-            # never deadlock upgrading a read lock; busy_timeout then just waits).
-            self._conn = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as e:
-            raise S3DeployError(f"cannot open the state database {self.path}: {e}") from e
-        try:
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA busy_timeout = 5000")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._set_up()
-        except BaseException as e:
-            self._conn.close()
-            if isinstance(e, sqlite3.Error):
-                raise S3DeployError(
-                    f"cannot use the state database {self.path}: {e} (is it an s3deploy state.db?)"
-                ) from e
-            raise
+        self._conn = connect(self.path)
+
+    @classmethod
+    def open(cls, state_dir: Path) -> StateStore:
+        """The store of the state directory ``state_dir``, made or tightened to the state directory
+        model first (StateLayout.prepare). What every process that runs deployments opens."""
+        layout = StateLayout(Path(state_dir))
+        layout.prepare()
+        return cls(layout.database)
 
     def __enter__(self) -> StateStore:
         return self
@@ -237,42 +61,6 @@ class StateStore:
         """Close the connection; the store cannot be used afterwards."""
         with self._lock:
             self._conn.close()
-
-    def _set_up(self) -> None:
-        """WAL mode and the current schema. Switching a new file to WAL needs it to itself, and SQLite
-        answers "database is locked" at once (busy_timeout does not apply) to a process that loses that
-        race, as `status` does when the daemon creates the file at the same moment: retry a while."""
-        deadline = time.monotonic() + OPEN_RETRY_S
-        delay = 0.01
-        while True:
-            try:
-                if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                    self._conn.execute("PRAGMA journal_mode = WAL")
-                self._migrate()
-                return
-            except (sqlite3.OperationalError, S3DeployError) as e:
-                if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
-                    raise
-                log.debug("state database %s busy while opening it (%s); retrying", self.path, e)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-
-    def _migrate(self) -> None:
-        """Bring the schema to SCHEMA_VERSION; processes racing here are ordered by BEGIN IMMEDIATE."""
-        if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return
-        with self._tx(write=True) as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise S3DeployError(
-                    f"the state database {self.path} has schema version {version}, newer than this "
-                    f"s3deploy understands ({SCHEMA_VERSION}): upgrade s3deploy or use another --state-dir"
-                )
-            for target in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[target]:
-                    conn.execute(statement)
-                log.info("state database %s migrated to schema version %d", self.path, target + 1)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _tx(self, *, write: bool, bookkeeping: bool = False) -> Iterator[sqlite3.Connection]:
@@ -307,22 +95,25 @@ class StateStore:
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
 
+    def _stamp(self) -> str:
+        return model.iso(self._now())
+
     @staticmethod
     def _fetch(conn: sqlite3.Connection, deployment_id: str) -> Deployment | None:
         row = conn.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
-        return _deployment(row) if row is not None else None
+        return Deployment.from_row(row) if row is not None else None
 
     @staticmethod
     def _unique_id(conn: sqlite3.Connection) -> str:
         while True:
-            candidate = "d-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+            candidate = model.random_deployment_id()
             if conn.execute("SELECT 1 FROM deployments WHERE id = ?", (candidate,)).fetchone() is None:
                 return candidate
 
     def _newest(self, section: str, where: str = "") -> Deployment | None:
         with self._tx(write=False) as conn:
             row = conn.execute(_NEWEST.format(where=where), (section,)).fetchone()
-        return _deployment(row) if row is not None else None
+        return Deployment.from_row(row) if row is not None else None
 
     # ---- deployments -------------------------------------------------------------------------------
 
@@ -352,13 +143,13 @@ class StateStore:
                 "INSERT INTO deployments (id, section, bucket, key, etag, version_id, identity, status,"
                 " started_at, rollback_of, restores, release_dir, log_path, forced)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (dep_id, section, bucket, key, etag, version_id, identity, _iso(self._now()), rollback_of,
+                (dep_id, section, bucket, key, etag, version_id, identity, self._stamp(), rollback_of,
                  restores, None if release_dir is None else str(release_dir),
                  None if log_path is None else str(log_path), int(forced)),
             )  # fmt: skip
             deployment = self._fetch(conn, dep_id)
         assert deployment is not None
-        log.debug("[%s] deployment %s recorded as running", section, dep_id)
+        logger.debug("[%s] deployment %s recorded as running", section, dep_id)
         return deployment
 
     def finish(
@@ -366,8 +157,9 @@ class StateStore:
         error: str | None = None, output_tail: str = "", transient: bool = False,
     ) -> Deployment:  # fmt: skip
         """Record how a running deployment ended; ``output_tail`` keeps only its last few KB."""
-        if status not in FINAL_STATUSES:
-            raise ValueError(f"finish(): status must be one of {sorted(FINAL_STATUSES)}, got {status!r}")
+        if status not in model.FINAL_STATUSES:
+            wanted = sorted(model.FINAL_STATUSES)
+            raise ValueError(f"finish(): status must be one of {wanted}, got {status!r}")
         with self._tx(write=True) as conn:
             before = self._fetch(conn, deployment_id)
             if before is None:
@@ -380,7 +172,7 @@ class StateStore:
             conn.execute(
                 "UPDATE deployments SET status = ?, finished_at = ?, failed_event = ?, error = ?,"
                 " output_tail = ?, transient = ? WHERE id = ?",
-                (status, _iso(self._now()), failed_event, error, _tail(output_tail), int(transient),
+                (status, self._stamp(), failed_event, error, model.tail_of(output_tail), int(transient),
                  deployment_id),
             )  # fmt: skip
             deployment = self._fetch(conn, deployment_id)
@@ -392,7 +184,7 @@ class StateStore:
         with self._tx(write=True) as conn:
             cursor = conn.execute(
                 "UPDATE deployments SET install_completed_at = ? WHERE id = ? AND status = 'running'",
-                (_iso(self._now()), deployment_id),
+                (self._stamp(), deployment_id),
             )
             if cursor.rowcount == 0:
                 raise S3DeployError(
@@ -413,7 +205,7 @@ class StateStore:
                 "SELECT * FROM deployments WHERE section = ? ORDER BY seq DESC LIMIT ?",
                 (section, -1 if limit is None else limit),
             ).fetchall()
-        return [_deployment(row) for row in rows]
+        return [Deployment.from_row(row) for row in rows]
 
     def last_attempt(self, section: str) -> Deployment | None:
         """The newest deployment of any kind, rollbacks included (``last`` in ``status``)."""
@@ -434,11 +226,10 @@ class StateStore:
     def section_state(self, section: str) -> str:
         """``never`` | ``idle`` | ``deploying`` | ``failed`` (SPEC §4).
 
-        deploying: a deployment is recorded running (after a crash, until recover_interrupted; callers may
-        cross-check with SectionLocks.is_held_elsewhere). failed: the newest revision attempt failed, even
-        if a rollback then succeeded, or the newest attempt of any kind failed (a failed manual rollback
-        leaves the host broken too). interrupted counts as idle: the revision is deployed again at the next
-        start. never: no deployment recorded.
+        deploying: a deployment is recorded running (after a crash, until recover_interrupted). failed: the
+        newest revision attempt failed, even if a rollback then succeeded, or the newest attempt of any
+        kind failed (a failed manual rollback leaves the host broken too). interrupted counts as idle: the
+        revision is deployed again at the next start. never: no deployment recorded.
         """
         with self._tx(write=False) as conn:
             if conn.execute(
@@ -473,11 +264,11 @@ class StateStore:
             ids = [row["id"] for row in rows]
             conn.executemany(
                 "UPDATE deployments SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
-                [(_iso(self._now()), INTERRUPTED_ERROR, dep_id) for dep_id in ids],
+                [(self._stamp(), model.INTERRUPTED_ERROR, dep_id) for dep_id in ids],
             )
             recovered = [d for d in (self._fetch(conn, dep_id) for dep_id in ids) if d is not None]
         for d in recovered:  # callers log these for the operator; this is the state's own trace
-            log.debug("[%s] deployment %s marked interrupted", d.section, d.id)
+            logger.debug("[%s] deployment %s marked interrupted", d.section, d.id)
         return recovered
 
     # ---- sections ----------------------------------------------------------------------------------
@@ -486,7 +277,7 @@ class StateStore:
         """What is remembered about ``section`` (defaults when nothing is)."""
         with self._tx(write=False) as conn:
             row = conn.execute("SELECT * FROM sections WHERE name = ?", (section,)).fetchone()
-        return _section(row) if row is not None else SectionRecord(name=section)
+        return SectionRecord.from_row(row) if row is not None else SectionRecord(name=section)
 
     def _upsert_section(self, section: str, *, bookkeeping: bool = False, **values: object) -> None:
         columns = ", ".join(values)
@@ -500,7 +291,7 @@ class StateStore:
 
     def set_baseline(self, section: str, identity: str) -> None:
         """Record ``identity`` as already deployed without deploying it (legacy ``last_fetch_time``)."""
-        self._upsert_section(section, baseline_identity=identity, baseline_at=_iso(self._now()))
+        self._upsert_section(section, baseline_identity=identity, baseline_at=self._stamp())
 
     def set_suspended(self, section: str, suspended: bool) -> None:
         """Suspend or resume deployments of ``section`` (the daemon keeps watching it)."""
@@ -522,67 +313,32 @@ class StateStore:
         if fresh and seen == record.last_seen_identity and error == record.last_error:
             return False
         self._upsert_section(
-            section, bookkeeping=True, last_seen_identity=seen, last_poll_at=_iso(now), last_error=error
+            section, bookkeeping=True, last_seen_identity=seen, last_poll_at=model.iso(now), last_error=error
         )
         return True
 
-    # ---- releases ----------------------------------------------------------------------------------
+    # ---- releases and records ----------------------------------------------------------------------
+
+    def _all(self, conn: sqlite3.Connection, section: str) -> list[Deployment]:
+        rows = conn.execute(
+            "SELECT * FROM deployments WHERE section = ? ORDER BY seq DESC", (section,)
+        ).fetchall()
+        return [Deployment.from_row(r) for r in rows]
 
     def releases_to_prune(self, section: str, keep: int) -> list[Deployment]:
-        """Deployments of ``section`` whose release_dir should be deleted, newest first.
-
-        Keeps the ``keep`` newest release folders that exist (counting the current one), and always the
-        folders of the current deployment, of any running one, and of the deployments they restore. A
-        folder shared by several deployments is kept if any of them keeps it. Recorded folders that no
-        longer exist are listed so the caller clears them.
-        """
+        """Deployments of ``section`` whose release_dir should be deleted, newest first (see
+        retention.releases_to_prune: the current, running and restored releases are always kept)."""
         with self._tx(write=False) as conn:
-            rows = [_deployment(r) for r in conn.execute(
-                "SELECT * FROM deployments WHERE section = ? ORDER BY seq DESC", (section,)
-            ).fetchall()]  # fmt: skip
-        current = next((d for d in rows if d.status == "succeeded"), None)
-        protected = {d for d in rows if d.status == "running"} | ({current} if current else set())
-        protected_ids = {d.id for d in protected} | {d.restores for d in protected if d.restores}
-        with_dir = [d for d in rows if d.release_dir is not None]
-        kept = {d.release_dir for d in with_dir if d.id in protected_ids}
-        for d in with_dir:
-            if len(kept) >= keep:
-                break
-            if d.release_dir not in kept and Path(str(d.release_dir)).exists():
-                kept.add(d.release_dir)
-        return [d for d in with_dir if d.release_dir not in kept]
+            deployments = self._all(conn, section)
+        return retention.releases_to_prune(deployments, keep)
 
     def trim_history(self, section: str, keep: int) -> list[tuple[str, str | None]]:
-        """Delete ``section``'s deployment records beyond the ``keep`` newest; return (id, log_path) of each.
-
-        Kept whatever ``keep`` says: the current deployment, running ones, the newest attempt of a
-        revision from S3 (detection compares with it), those whose release folder is still recorded, and
-        every deployment a kept one is a rollback of or restores (so no reference dangles).
-        """
+        """Delete ``section``'s deployment records beyond the ``keep`` newest that nothing needs (see
+        retention.records_to_trim); return (id, log_path) of each."""
         with self._tx(write=True) as conn:
-            rows = conn.execute(
-                "SELECT id, status, release_dir, rollback_of, restores, log_path FROM deployments"
-                " WHERE section = ? ORDER BY seq DESC",
-                (section,),
-            ).fetchall()
-            if len(rows) <= keep:
-                return []
-            kept = {r["id"] for r in rows[:keep]}
-            kept |= {r["id"] for r in rows if r["release_dir"] or r["status"] == "running"}
-            current = next((r for r in rows if r["status"] == "succeeded"), None)
-            attempt = next((r for r in rows if r["rollback_of"] is None and r["restores"] is None), None)
-            kept |= {r["id"] for r in (current, attempt) if r is not None}
-            by_id = {r["id"]: r for r in rows}
-            todo = list(kept)
-            while todo:
-                row = by_id.get(todo.pop())
-                for ref in (row["rollback_of"], row["restores"]) if row else ():
-                    if ref and ref not in kept:
-                        kept.add(ref)
-                        todo.append(ref)
-            doomed = [(r["id"], r["log_path"]) for r in rows if r["id"] not in kept]
-            conn.executemany("DELETE FROM deployments WHERE id = ?", [(d,) for d, _ in doomed])
-        return doomed
+            doomed = retention.records_to_trim(self._all(conn, section), keep)
+            conn.executemany("DELETE FROM deployments WHERE id = ?", [(d.id,) for d in doomed])
+        return [(d.id, d.log_path) for d in doomed]
 
     def clear_release_dir(self, deployment_id: str) -> None:
         """Forget a deployment's release folder once it has been deleted."""
