@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from s3deploy.appspec import AppSpec, load_appspec
+from s3deploy.appspec import load_appspec
 from s3deploy.errors import InstallError
 from s3deploy.install import acl
 from s3deploy.install import copy as copy_module
@@ -390,11 +390,17 @@ def test_no_files_and_no_destination_installs_nothing_and_removes_the_previous_r
     ``generate_instructions`` loops over ``application_specification.files`` (``yaml_hash['files'] || []``)
     after the previous release's cleanup file was executed."""
     host.deploy({"app/a.txt": "1"}, app_spec(host.dest / "app"))
-    bundle = host.release({"index.html": "hi"})
-    report = install(bundle, AppSpec(), default_destination=None, cleanup_list=host.cleanup_list)
+    bundle = host.release({"index.html": "hi"}, "")
+    report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
     assert report.files == [] and report.copied == 0
     assert not host.dest.exists()  # the previous release's files and the folders it created are gone
     assert read_cleanup_list(host.cleanup_list) == ([], [])
+
+
+def test_a_bundle_without_an_appspec_needs_a_destination(host: Host) -> None:
+    bundle = host.release({"index.html": "hi"})
+    with pytest.raises(InstallError, match="bundle has no appspec and section has no `destination`"):
+        install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
 
 
 def test_two_sources_for_one_destination_fail(host: Host) -> None:

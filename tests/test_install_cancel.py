@@ -23,7 +23,7 @@ from s3deploy.install.cleanup import read_list
 from s3deploy.install.installer import install
 from s3deploy.lifecycle.pipeline import Lifecycle, LifecycleResult, Release
 from s3deploy.log import section_logger
-from tests.agent import cli, history, status, write_config, zip_bytes
+from tests.agent import cli, history, write_config, zip_bytes
 from tests.test_install import big_tree, make_bundle
 
 
@@ -117,41 +117,35 @@ def test_a_timed_out_install_is_awaited_before_the_deployment_goes_on(
 def test_deployment_timeout_during_a_big_install_then_rollback_leaves_only_the_previous_release(
     tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any
 ) -> None:
-    """Through the real agent: v2's Install (thousands of files) outlives deployment_timeout; the
-    rollback to v1 runs only after v2's copy stopped, so the destination holds v1's files and nothing
-    else, exactly what the cleanup list says."""
+    """Through the real agent: v2's Install (10,000 files) outlives deployment_timeout; the rollback to
+    v1 runs only after v2's copy stopped, so the destination holds v1's files and nothing else, exactly
+    what the cleanup list says. The timeout is a third of what installing v2 takes on this machine (so
+    it strikes mid-copy, and the rollback, which only removes what was copied, fits in it)."""
+    tree = {f"app/{name}": "v2" for name in big_tree(100, 100)}
+    scratch = make_bundle(tmp_path / "scratch", tree, app_spec(tmp_path / "scratch-dest"))
+    started = time.monotonic()
+    install(scratch, load_appspec(scratch), default_destination=None, cleanup_list=tmp_path / "scratch.list")
+    timeout_ms = max(500, int((time.monotonic() - started) * 1000 / 3))
+
     bucket = make_bucket(versioned=True)
     dest, state_dir = tmp_path / "www", tmp_path / "state"
+    section = {"s3_bucket": bucket, "target_file_key": "app.zip", "endpoint_url": seaweed.endpoint_url}
     config = write_config(
-        tmp_path / "config.ini",
-        {
-            "Production": {
-                "s3_bucket": bucket,
-                "target_file_key": "app.zip",
-                "endpoint_url": seaweed.endpoint_url,
-                "deployment_timeout": "1s",
-            }
-        },
+        tmp_path / "config.ini", {"Production": {**section, "deployment_timeout": f"{timeout_ms}ms"}}
     )
     appspec = "version: 0.0\nos: linux\n" + app_spec(dest)
     v1 = {"appspec.yml": appspec, "app/index.html": "v1", "app/v1/only.txt": "v1"}
     s3_client.put_object(Bucket=bucket, Key="app.zip", Body=zip_bytes(v1))
     args = ("run", "-s", "Production", "--once", "-c", str(config), "--state-dir", str(state_dir))
     assert cli(*args).returncode == 0
-    v2: dict[str, Any] = {"appspec.yml": appspec, "app/index.html": "v2"}
-    v2.update({f"app/{name}": "v2" for name in big_tree(200, 100)})  # 20,000 files
-    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=zip_bytes(v2))
+    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=zip_bytes({"appspec.yml": appspec, **tree}))
 
     proc = cli(*args)
     assert proc.returncode == 1, proc.stderr
-    st = status(config, state_dir)["Production"]
-    failed = next(
-        d
-        for d in history(config, state_dir, "Production")
-        if d["rollback_of"] is None and d["status"] == "failed"
-    )
+    deployments = history(config, state_dir, "Production")
+    failed, rollback = deployments[1], deployments[0]
     assert failed["failed_event"] == "Install" and "deployment_timeout" in failed["error"]
-    assert st["last"]["rollback_of"] == failed["id"] and st["last"]["status"] == "succeeded"
+    assert rollback["rollback_of"] == failed["id"] and rollback["status"] == "succeeded", rollback["error"]
     assert on_disk(dest) == {str(dest / "index.html"), str(dest / "v1/only.txt")}
     assert (dest / "index.html").read_text() == "v1"
     listed = json.loads((state_dir / "installed" / "Production.list").read_text())

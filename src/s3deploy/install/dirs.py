@@ -129,17 +129,9 @@ class Dirs:
             os.close(fd)
             raise
 
-    def kind(self, path: str) -> str:
-        """What is at ``path`` without following it: "dir", "link", "file", "other" or "missing" (also
-        when a parent folder is missing or is not a folder)."""
-        parent, name = split(path)
-        try:
-            return entry_kind(os.stat(name, dir_fd=self.open(parent), follow_symlinks=False).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return "missing"
-
     def listing(self, path: str) -> dict[str, str] | None:
-        """Each entry of the folder at ``path`` with its ``kind``; None when it does not exist."""
+        """Each entry of the folder at ``path`` with its kind ("dir", "link", "file" or "other"); None when
+        the folder does not exist (or a parent is not a folder)."""
         try:
             fd = self.open(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -155,14 +147,6 @@ def _dirent_kind(entry: os.DirEntry[str]) -> str:
     if entry.is_dir(follow_symlinks=False):
         return "dir"
     return "file" if entry.is_file(follow_symlinks=False) else "other"
-
-
-def entry_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "link"
-    return "file" if stat.S_ISREG(mode) else "other"
 
 
 ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY

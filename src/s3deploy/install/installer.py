@@ -14,7 +14,8 @@ The sequence makes a failure leave a known state:
 
 With no ``files`` in the appspec the whole bundle (appspec and scripts included, as CodeDeploy's
 ``source: /`` does) goes into the section's ``destination``; with no ``destination`` either, nothing is
-installed (the previous release's files are still removed) and the hooks run, as with CodeDeploy.
+installed (the previous release's files are still removed) and the hooks run, as with CodeDeploy; a
+bundle without any appspec needs a ``destination``.
 Files kept under RETAIN are never in the list, so no later install removes them.
 """
 
@@ -76,7 +77,7 @@ def install(
     roots = [os.path.normpath(m.destination) for m in mappings] + previous.roots
     with Dirs(roots) as dirs:
         check_reachable(previous, dirs)
-        plan = make_plan(bundle_root, mappings, spec.file_exists_behavior, previous, dirs)
+        plan = make_plan(bundle_root, mappings, spec.file_exists_behavior, previous, dirs, cancel)
         if plan.conflicts:
             raise InstallError(conflict_message(plan.conflicts))
         check_file_objects(spec.permissions, plan)
@@ -109,6 +110,8 @@ def _mappings(spec: AppSpec, default_destination: Path | None) -> tuple[FileMapp
     if spec.files:
         return spec.files
     if default_destination is None:
+        if spec.source_file is None:  # SPEC §7: a bundle without an appspec is installed whole, somewhere
+            raise InstallError("bundle has no appspec and section has no `destination`; set one of them")
         logger.info("no `files` in the appspec and no `destination` for the section: nothing to install")
         return ()
     return (FileMapping("/", str(default_destination)),)

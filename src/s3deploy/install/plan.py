@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from s3deploy.appspec import FileMapping
 from s3deploy.errors import InstallError
+from s3deploy.install.cancel import checkpoint
 from s3deploy.install.cleanup import Installed
 from s3deploy.install.dirs import Dirs, split
 
@@ -47,11 +49,17 @@ class Plan:
 
 
 def make_plan(
-    bundle_root: Path, mappings: tuple[FileMapping, ...], behavior: str, previous: Installed, dirs: Dirs
+    bundle_root: Path,
+    mappings: tuple[FileMapping, ...],
+    behavior: str,
+    previous: Installed,
+    dirs: Dirs,
+    cancel: threading.Event | None = None,
 ) -> Plan:
     """The plan of ``mappings``; raises InstallError for a mistake of the appspec or an unsafe link, and
-    returns conflicts in ``plan.conflicts`` (``conflict_message`` words them)."""
-    planner = _Planner(bundle_root, behavior, previous, dirs)
+    returns conflicts in ``plan.conflicts`` (``conflict_message`` words them). ``cancel`` is checked
+    before each folder of the bundle is read."""
+    planner = _Planner(bundle_root, behavior, previous, dirs, cancel)
     for mapping in mappings:
         planner.add(mapping)
     plan = planner.plan
@@ -83,8 +91,16 @@ def _join(folder: str, name: str) -> str:
 
 
 class _Planner:
-    def __init__(self, bundle_root: Path, behavior: str, previous: Installed, dirs: Dirs) -> None:
+    def __init__(
+        self,
+        bundle_root: Path,
+        behavior: str,
+        previous: Installed,
+        dirs: Dirs,
+        cancel: threading.Event | None,
+    ) -> None:
         self.bundle_root = bundle_root
+        self.cancel = cancel
         self.behavior = behavior
         self.prev_files = set(previous.files)
         self.prev_dirs = set(previous.dirs)
@@ -111,6 +127,7 @@ class _Planner:
         stack = [(source_root, dest_root)]
         while stack:
             source_dir, dest_dir = stack.pop()
+            checkpoint(self.cancel)
             try:
                 with os.scandir(source_dir) as it:
                     entries = sorted(it, key=lambda e: e.name)
