@@ -71,9 +71,9 @@ def test_parse_accepts_what_the_agent_accepts(text: str, entry: Entry) -> None:
         ("q:u:bob:rwx", "is not an ACL entry"),
         ("mask:name:rwx", "mask entries take no name"),  # "ace with mask with name"
         ("d:other:name:rwx", "other entries take no name"),  # "ace with other with name"
-        ("user:bob:rwxd", "invalid permission character 'd'"),  # "invalid permission character"
-        ("u:bob:8", "invalid permission character '8'"),
-        ("u:bob:07", "invalid permission character '0'"),
+        ("user:bob:rwxd", "invalid character 'd'"),  # "invalid permission character"
+        ("u:bob:8", "invalid character '8'"),
+        ("u:bob:07", "invalid character '0'"),
         (" u:bob:rwx", "is not an ACL entry"),
         ("u::rwx", "come from `mode`"),  # "Use mode to set the base acl entry"
         ("g::r", "come from `mode`"),

@@ -97,7 +97,7 @@ def _perm(text: str, perms: str) -> int:
     for c in perms:
         if c not in _BITS:
             raise AclError(
-                f"{text!r}: invalid permission character {c!r}; expected letters from rwx- or one digit 0-7"
+                f"{text!r}: permissions must be letters from rwx- or one octal digit (invalid character {c!r})"
             )
         value |= _BITS[c]
     return value

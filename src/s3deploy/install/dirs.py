@@ -65,6 +65,8 @@ class Dirs:
         """The descriptor of the folder at ``path`` (normalized, absolute), owned by this object and valid
         until the next call. Raises FileNotFoundError, NotADirectoryError (a component is not a folder),
         or InstallError (a link the rule refuses)."""
+        if self._chain[-1][0] == path:
+            return self._chain[-1][1]  # the folder of the previous call: files in one folder
         parts = [p for p in path.split("/") if p]
         keep = 1
         while (
