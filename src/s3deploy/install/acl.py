@@ -97,7 +97,8 @@ def _perm(text: str, perms: str) -> int:
     for c in perms:
         if c not in _BITS:
             raise AclError(
-                f"{text!r}: permissions must be letters from rwx- or one octal digit (invalid character {c!r})"
+                f"{text!r}: permissions must be letters from rwx- or one octal digit "
+                f"(invalid character {c!r})"
             )
         value |= _BITS[c]
     return value

@@ -121,6 +121,8 @@ def check_reachable(previous: Installed, dirs: Dirs) -> None:
             dirs.open(parent)
         except (FileNotFoundError, NotADirectoryError):
             continue  # gone already: nothing of it to remove
+        except OSError as e:
+            raise InstallError(f"cannot open folder {parent} of the previous release: {e}") from e
 
 
 def remove_previous(

@@ -37,16 +37,19 @@ def restrict_release(bundle_root: Path) -> int:
     owner = os.geteuid()
     narrowed: dict[str, int] = {}
     by_inode: dict[tuple[int, int], int] = {}  # hard links share one mode: record the original for each name
-    root = os.open(bundle_root, DIR_FLAGS)
     try:
-        _narrow(root, ".", ".", owner, narrowed, by_inode)
-    finally:
-        os.close(root)
-    for top, dirnames, filenames, top_fd in os.fwalk(bundle_root, follow_symlinks=False):
-        rel_top = os.path.relpath(top, bundle_root)
-        for name in dirnames + filenames:
-            rel = name if rel_top == "." else f"{rel_top}/{name}"
-            _narrow(top_fd, name, rel, owner, narrowed, by_inode)
+        root = os.open(bundle_root, DIR_FLAGS)
+        try:
+            _narrow(root, ".", ".", owner, narrowed, by_inode)
+        finally:
+            os.close(root)
+        for top, dirnames, filenames, top_fd in os.fwalk(bundle_root, follow_symlinks=False):
+            rel_top = os.path.relpath(top, bundle_root)
+            for name in dirnames + filenames:
+                rel = name if rel_top == "." else f"{rel_top}/{name}"
+                _narrow(top_fd, name, rel, owner, narrowed, by_inode)
+    except OSError as e:
+        raise BundleError(f"cannot remove group/other write from the release at {bundle_root}: {e}") from e
     modes_file = release_modes_file(bundle_root)
     try:
         atomic_write(modes_file, json.dumps({"version": _VERSION, "modes": narrowed}, indent=0))
