@@ -205,10 +205,6 @@ def test_mode_is_always_octal(tmp_path: Path, raw: str, expected: int) -> None:
             "permissions[0].acls: expected a list",
         ),
         (
-            HEADER + "permissions:\n  - object: /srv\n    acls: ['u:bob:rw', 'bob:rw']\n",
-            "permissions[0].acls[1]: 'bob:rw' is not an ACL entry; expected [d:]u|g|m|o:[NAME]:PERMS",
-        ),
-        (
             HEADER + "permissions:\n  - object: /srv\n    acls: ['u:bob:rwz']\n",
             "permissions[0].acls[0]: 'u:bob:rwz': permissions must be letters from rwx- or one octal digit",
         ),

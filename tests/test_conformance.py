@@ -635,11 +635,15 @@ def test_zip_tar_tgz_hoisting_symlinks_and_appspec_yaml(host: Host) -> None:
 
 def test_seed_style_bundles_and_the_missing_destination_error(host: Host) -> None:
     """Bundles made for the seed agent: no appspec hooks, ``<Event>.sh`` in scripts/ or at the root; no
-    ``files``, so the whole bundle goes to the section's destination. Neither: a failure that says so."""
+    ``files``, so the whole bundle goes to the section's destination. An appspec with no ``files`` and no
+    ``destination`` installs nothing and runs its hooks, as CodeDeploy does (its own sample bundle is
+    hooks-only; installer.rb ``generate_instructions`` simply emits no copy for an empty ``files``). A
+    bundle with no appspec at all and no ``destination``: a failure that says so."""
     seed_dest, hooks_only_dest = host.root / "seed", host.root / "hooks-only"
     host.section("Seed", destination=seed_dest)
     host.section("HooksOnly", destination=hooks_only_dest)
     host.section("Nowhere")
+    host.section("Bare")
     seed: dict[str, Entry] = {
         f"scripts/{event}.sh": host.tracer("seed", "$(pwd)")
         for event in LIFECYCLE
@@ -657,8 +661,9 @@ def test_seed_style_bundles_and_the_missing_destination_error(host: Host) -> Non
     host.publish(
         "Nowhere", zip_bytes({"appspec.yml": APPSPEC_HEADER, "BeforeInstall.sh": host.tracer("nowhere")})
     )
+    host.publish("Bare", zip_bytes({"BeforeInstall.sh": host.tracer("bare"), "index.html": "x"}))
     proc = host.run_once()
-    assert proc.returncode == 1
+    assert proc.returncode == 1  # Bare failed
     st = host.status()
     assert st["Seed"]["last"]["status"] == "succeeded"
     bundle = host.state_dir / "releases" / "Seed" / st["Seed"]["last"]["id"] / "bundle"
@@ -669,10 +674,12 @@ def test_seed_style_bundles_and_the_missing_destination_error(host: Host) -> Non
     assert st["HooksOnly"]["last"]["status"] == "succeeded"
     assert sorted(p.name for p in hooks_only_dest.iterdir()) == ["a", "appspec.yaml", "scripts"]
     assert ["hooks-only", "AfterInstall"] in traced
-    nowhere = st["Nowhere"]["last"]
-    assert nowhere["status"] == "failed" and nowhere["failed_event"] == "Install"
-    assert "no `files`" in nowhere["error"] and "`destination`" in nowhere["error"]
+    assert st["Nowhere"]["last"]["status"] == "succeeded"  # hooks-only: nothing installed, hooks ran
     assert ["nowhere", "BeforeInstall"] in traced  # seed-style hook found at the root
+    bare = st["Bare"]["last"]
+    assert bare["status"] == "failed" and bare["failed_event"] == "Install"
+    assert "no appspec" in bare["error"] and "`destination`" in bare["error"]
+    assert ["bare", "BeforeInstall"] in traced  # Install is where it fails, after BeforeInstall
 
 
 # ----------------------------------------------------------------------------------------- validate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import json
 import os
@@ -17,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from s3deploy.appspec import AppSpec, load_appspec
+from s3deploy.appspec import load_appspec
 from s3deploy.errors import InstallError
 from s3deploy.install import acl
-from s3deploy.install import installer as install_module
-from s3deploy.install.installer import InstallReport, install, read_cleanup_list
+from s3deploy.install import copy as copy_module
+from s3deploy.install.cleanup import read_list
+from s3deploy.install.installer import InstallReport, install
 
 Tree = dict[str, str]
 
@@ -35,6 +37,11 @@ def make_bundle(root: Path, files: Tree, appspec: str | None = None) -> Path:
     if appspec is not None:
         (root / "appspec.yml").write_text("version: 0.0\nos: linux\n" + appspec)
     return root
+
+
+def read_cleanup_list(path: Path) -> tuple[list[str], list[str]]:
+    installed = read_list(path)
+    return installed.files, installed.dirs
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
@@ -84,8 +91,8 @@ def host(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
     """Every test on ``host`` runs twice: files copied in order, and each file a batch of its own over
     the copy threads (the path plans of PARALLEL_MIN_FILES files take)."""
     if request.param == "threads":
-        monkeypatch.setattr(install_module, "PARALLEL_MIN_FILES", 1)
-        monkeypatch.setattr(install_module, "COPY_BATCH", 1)
+        monkeypatch.setattr(copy_module, "PARALLEL_MIN_FILES", 1)
+        monkeypatch.setattr(copy_module, "COPY_BATCH", 1)
     return Host(tmp_path)
 
 
@@ -208,7 +215,7 @@ def test_modes_and_symlinks_are_kept(host: Host) -> None:
 
     assert stat.S_IMODE((host.dest / "run.sh").stat().st_mode) == 0o755
     assert stat.S_IMODE((host.dest / "secret").stat().st_mode) == 0o600
-    assert stat.S_IMODE((host.dest / "conf").stat().st_mode) == 0o750
+    assert stat.S_IMODE((host.dest / "conf").stat().st_mode) == 0o755  # mkdir's, as with CodeDeploy
     assert os.readlink(host.dest / "link") == "conf/a.txt"
     assert os.readlink(host.dest / "dirlink") == "conf" and (host.dest / "dirlink").is_symlink()
     assert os.readlink(host.dest / "dangling") == "/nonexistent/target"
@@ -220,7 +227,7 @@ def test_read_only_source_folder_is_copied(host: Host) -> None:
     os.chmod(bundle / "app/ro", 0o555)
     install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
     assert (host.dest / "ro/a.txt").read_text() == "a"
-    assert stat.S_IMODE((host.dest / "ro").stat().st_mode) == 0o555
+    assert stat.S_IMODE((host.dest / "ro").stat().st_mode) == 0o755  # mkdir's, not the bundle folder's
 
 
 def test_permissions_pattern_except_type_and_mode(host: Host) -> None:
@@ -296,26 +303,26 @@ def test_context_needs_its_tools_and_bad_acls_fail_before_anything_changes(
 
 
 def test_acls_are_applied_without_setfacl(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
-    """CodeDeploy needs setfacl; s3deploy writes the ACL itself (no tool on PATH here)."""
+    """CodeDeploy needs setfacl; s3deploy writes the ACL itself (no tool on PATH here), as the agent's
+    ``setfacl --set`` would: the mask is the mode's group bits (0640: r--), so nobody may read, not write."""
     monkeypatch.setenv("PATH", str(host.tmp / "empty-bin"))
     nobody = pwd.getpwnam("nobody")
     perms = (
         f"permissions:\n  - object: {host.dest}\n    pattern: '**'\n    except: [secret.txt]\n"
-        "    type: [file, directory]\n    acls: ['u:nobody:r-x', 'd:u:nobody:r']\n"
+        "    type: [file, directory]\n    acls: ['u:nobody:rwx', 'd:u:nobody:r']\n"
     )
     bundle = host.release(
         {"app/a.txt": "a", "app/secret.txt": "s", "app/sub/b.txt": "b"}, app_spec(host.dest, perms)
     )
     for name in ("a.txt", "secret.txt", "sub/b.txt"):
-        (bundle / "app" / name).chmod(0o600)
-    (bundle / "app" / "sub").chmod(0o755)
+        (bundle / "app" / name).chmod(0o640)
     install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
     a, sub, u = str(host.dest / "a.txt"), str(host.dest / "sub"), acl.UNDEFINED_ID
     assert acl.read(a) == {
-        (acl.USER_OBJ, u): 6, (acl.USER, nobody.pw_uid): 5, (acl.GROUP_OBJ, u): 0,
-        (acl.MASK, u): 5, (acl.OTHER, u): 0,
+        (acl.USER_OBJ, u): 6, (acl.USER, nobody.pw_uid): 7, (acl.GROUP_OBJ, u): 4,
+        (acl.MASK, u): 4, (acl.OTHER, u): 0,
     }  # fmt: skip
-    assert os.stat(a).st_mode & 0o777 == 0o650  # the kernel shows the mask in the group bits, as setfacl
+    assert os.stat(a).st_mode & 0o777 == 0o640  # the mask is the group bits: the mode is unchanged
     assert acl.read(str(host.dest / "secret.txt")) is None  # excepted
     assert acl.read(a, acl.DEFAULT) is None  # a default entry is for folders only
     assert acl.read(sub, acl.DEFAULT) == {
@@ -325,15 +332,19 @@ def test_acls_are_applied_without_setfacl(host: Host, monkeypatch: pytest.Monkey
     # The kernel applies it: a file created in sub inherits nobody's entry.
     (host.dest / "sub" / "new.txt").write_text("new")
     assert (acl.USER, nobody.pw_uid) in (acl.read(str(host.dest / "sub" / "new.txt")) or {})
-    if os.geteuid() == 0:  # and enforces it: nobody reads a.txt, not secret.txt (both root's, mode 600)
+    if os.geteuid() == 0:  # and enforces it: nobody reads a.txt (not writes), not secret.txt (root's, 640)
         code = (
             "import os, sys\n"
             "os.chdir(sys.argv[1]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[3]))\n"
-            "try:\n    print(open(sys.argv[4]).read())\nexcept PermissionError:\n    print('denied')\n"
+            "try:\n    f = open(sys.argv[4], sys.argv[5])\n"
+            "    print(f.read() if 'r' in f.mode else 'written')\n"
+            "except PermissionError:\n    print('denied')\n"
         )
         as_nobody = [sys.executable, "-c", code, str(host.dest), str(nobody.pw_gid), str(nobody.pw_uid)]
-        assert subprocess.run([*as_nobody, "a.txt"], capture_output=True, text=True).stdout == "a\n"
-        assert subprocess.run([*as_nobody, "secret.txt"], capture_output=True, text=True).stdout == "denied\n"
+        run = functools.partial(subprocess.run, capture_output=True, text=True)
+        assert run([*as_nobody, "a.txt", "r"]).stdout == "a\n"
+        assert run([*as_nobody, "a.txt", "a"]).stdout == "denied\n"
+        assert run([*as_nobody, "secret.txt", "r"]).stdout == "denied\n"
 
 
 def test_stale_list_from_a_crash_is_cleaned_up(host: Host) -> None:
@@ -374,10 +385,22 @@ def test_no_files_installs_whole_bundle_into_default_destination(host: Host) -> 
     assert report.copied == 2
 
 
-def test_no_files_and_no_destination_fails(host: Host) -> None:
+def test_no_files_and_no_destination_installs_nothing_and_removes_the_previous_release(host: Host) -> None:
+    """Issue 13 item 1: a hooks-only appspec installs nothing, as with the agent, whose
+    ``generate_instructions`` loops over ``application_specification.files`` (``yaml_hash['files'] || []``)
+    after the previous release's cleanup file was executed."""
+    host.deploy({"app/a.txt": "1"}, app_spec(host.dest / "app"))
+    bundle = host.release({"index.html": "hi"}, "")
+    report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
+    assert report.files == [] and report.copied == 0
+    assert not host.dest.exists()  # the previous release's files and the folders it created are gone
+    assert read_cleanup_list(host.cleanup_list) == ([], [])
+
+
+def test_a_bundle_without_an_appspec_needs_a_destination(host: Host) -> None:
     bundle = host.release({"index.html": "hi"})
-    with pytest.raises(InstallError, match="no `files` in its appspec and section has no `destination`"):
-        install(bundle, AppSpec(), default_destination=None, cleanup_list=host.cleanup_list)
+    with pytest.raises(InstallError, match="bundle has no appspec and section has no `destination`"):
+        install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
 
 
 def test_two_sources_for_one_destination_fail(host: Host) -> None:
@@ -450,17 +473,20 @@ def test_big_tree_is_copied_exactly_by_several_threads(
         folder.chmod(0o750)
     (app / "big.bin").write_bytes(os.urandom(3 << 20))
     planned = sum(1 for p in app.rglob("*") if not p.is_dir() or p.is_symlink())
-    assert planned >= install_module.PARALLEL_MIN_FILES
+    assert planned >= copy_module.PARALLEL_MIN_FILES
     writers: dict[str, set[str]] = {}  # folder -> threads that copied into it
-    real_copy_one = install_module._copy_one
+    real_copy_one = copy_module.copy_one
 
-    def spy(source: Path, dest: str) -> None:
+    def spy(source: Path, folder: int, dest: str, mode: int | None) -> None:
         writers.setdefault(os.path.dirname(dest), set()).add(threading.current_thread().name)
-        real_copy_one(source, dest)
+        real_copy_one(source, folder, dest, mode)
 
-    monkeypatch.setattr(install_module, "_copy_one", spy)
+    monkeypatch.setattr(copy_module, "copy_one", spy)
     report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
 
+    for folder in [app, *app.rglob("*")]:  # Install gives the folders it creates mkdir's mode
+        if folder.is_dir() and not folder.is_symlink():
+            folder.chmod(0o755)
     assert relative_snapshot(host.dest / "www") == relative_snapshot(app)
     assert stat.S_IMODE((host.dest / "www/pkg3/mod/f03").stat().st_mode) == 0o4755
     threads = set().union(*writers.values())
@@ -489,21 +515,21 @@ def test_failure_in_a_parallel_copy_names_the_file_and_the_list_covers_what_was_
     tree = big_tree(10, 60)
     bundle = host.release(tree, spec)
     names = [rel.removeprefix("app/") for rel in tree]
-    assert len(names) >= install_module.PARALLEL_MIN_FILES
+    assert len(names) >= copy_module.PARALLEL_MIN_FILES
     # in the middle of the plan and of its folder, whose files one thread copies in order
     broken, before_it = "d04/f048", "d04/f047"
     if injection == "fifo":  # planned as a file, found to be something else when copied
         (bundle / "app" / broken).unlink()
         os.mkfifo(bundle / "app" / broken)
     else:  # gone from the bundle after the plan, before its copy
-        real_copy_one = install_module._copy_one
+        real_copy_one = copy_module.copy_one
 
-        def remove_next(source: Path, dest: str) -> None:
-            real_copy_one(source, dest)
+        def remove_next(source: Path, folder: int, dest: str, mode: int | None) -> None:
+            real_copy_one(source, folder, dest, mode)
             if source == bundle / "app" / before_it:
                 (bundle / "app" / broken).unlink()
 
-        monkeypatch.setattr(install_module, "_copy_one", remove_next)
+        monkeypatch.setattr(copy_module, "copy_one", remove_next)
 
     with pytest.raises(InstallError) as info:
         install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=host.cleanup_list)
@@ -574,36 +600,17 @@ def test_a_new_parent_created_by_another_section_just_before_our_mkdir_is_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sections with disjoint destinations under one new folder install at once (their destination locks
-    only share ancestors): the other one may create that folder between this install's check and mkdir."""
+    only share ancestors): the other one may create that folder between this install's plan and mkdir."""
     shared = tmp_path / "srv"
     bundle = _sibling_bundle(tmp_path, shared)
     real_mkdir = os.mkdir
 
     def the_other_section_wins(path: Any, *args: Any, **kwargs: Any) -> None:
-        if Path(path) == shared and not shared.exists():
-            real_mkdir(path)
+        if path == shared.name and not shared.exists():
+            real_mkdir(shared)
         real_mkdir(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "mkdir", the_other_section_wins)
     report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=tmp_path / "a.list")
     assert (shared / "www" / "index.html").read_text() == "www\n"
     assert str(shared / "www") in report.dirs
-
-
-def test_a_new_parent_created_by_another_section_while_planning_is_no_conflict(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The folder appears between the plan's "is it a folder?" and "does anything exist there?"."""
-    shared = tmp_path / "srv"
-    bundle = _sibling_bundle(tmp_path, shared)
-    real_lexists = os.path.lexists
-
-    def the_other_section_wins(path: Any) -> bool:
-        if Path(path) == shared and not real_lexists(path):
-            os.mkdir(path)
-        return real_lexists(path)
-
-    monkeypatch.setattr(os.path, "lexists", the_other_section_wins)
-    report = install(bundle, load_appspec(bundle), default_destination=None, cleanup_list=tmp_path / "a.list")
-    assert (shared / "www" / "index.html").read_text() == "www\n"
-    assert str(shared) not in report.dirs  # the other section created it: not ours to remove later

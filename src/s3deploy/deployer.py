@@ -23,6 +23,7 @@ from s3deploy.bundle.extract import unpack
 from s3deploy.common.backoff import backoff_delay
 from s3deploy.config import Section
 from s3deploy.errors import LockBusy, RevisionChanged, S3DeployError, SourceError
+from s3deploy.install.release_modes import restrict_release
 from s3deploy.lifecycle.deploylog import OutputSink
 from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
 from s3deploy.lifecycle.sessions import kill_leftover_hooks
@@ -217,6 +218,7 @@ class Deployer:
         # The bundle root is always release_dir/bundle, hoisted or not.
         await asyncio.to_thread(os.rename, root, release_dir / "bundle")
         await asyncio.to_thread(shutil.rmtree, release_dir / "unpacked", True)
+        await asyncio.to_thread(restrict_release, release_dir / "bundle")  # no group/other write
         log.info("DownloadBundle: unpacked in %.2fs", time.monotonic() - started)
         spec = await asyncio.to_thread(load_appspec, release_dir / "bundle")
         return Release(dep_id, release_dir / "bundle", spec)

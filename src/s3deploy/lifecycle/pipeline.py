@@ -10,7 +10,9 @@ process group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -119,14 +121,31 @@ class Lifecycle:
         return result
 
     async def _install(self, result: LifecycleResult) -> None:
+        """Run Install in a thread. Cancelled (deployment_timeout, shutdown), it tells the thread to stop
+        and waits for it before the cancellation goes on: the destination locks stay held and no rollback
+        starts while a file is still being copied."""
         started = time.monotonic()
-        report = await asyncio.to_thread(
-            install,
-            self.release.bundle_root,
-            self.release.spec,
-            default_destination=self.default_destination,
-            cleanup_list=self.cleanup_list,
+        cancel = threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                install,
+                self.release.bundle_root,
+                self.release.spec,
+                default_destination=self.default_destination,
+                cleanup_list=self.cleanup_list,
+                cancel=cancel,
+            )
         )
+        try:
+            report = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            self.log.warning("Install: cancelled, waiting for the copy to stop")
+            while not work.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([work])
+            self.log.warning("Install: stopped (%s)", work.exception() or "it had finished")
+            raise
         result.install_completed = True
         self.log.info("Install: %d files in %.2fs", len(report.files), time.monotonic() - started)
         if self.on_install_completed is not None:

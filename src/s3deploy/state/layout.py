@@ -6,6 +6,7 @@ STATE_DIR/                      0711 root: others may pass through (runas hooks 
   daemon.lock                   0600: flock held by the running daemon
   locks/                        0700: <section>.lock per section, paths/<hash>.lock per destination folder
   releases/<section>/<id>/      0711 each: one folder per deployment; bundle/ inside (no group/other write)
+    modes.json                  0600: modes the bundle gave the entries whose group/other write was removed
   logs/<section>/<id>.log       0700 folders, 0600 files: every hook output line of that deployment
   installed/<section>.list      0700 folder, 0600 files: what this section's last Install put on disk
   hooks/<section>.json          0700 folder, 0600 files: the session of the running hook (a restart stops it)
@@ -45,6 +46,7 @@ PRIVATE_DIR_MODE = 0o700
 #: Files that hold root's data (the database, logs, lock files, cleanup lists).
 PRIVATE_FILE_MODE = 0o600
 _MAX_NAME_BYTES = 200
+_RELEASE_MODES = "modes.json"
 
 
 def section_dir_name(section: str) -> str:
@@ -53,6 +55,12 @@ def section_dir_name(section: str) -> str:
     if len(name.encode()) > _MAX_NAME_BYTES:  # file names are limited to 255 bytes
         name = name[:100] + "-" + hashlib.sha256(section.encode()).hexdigest()[:16]
     return name
+
+
+def release_modes_file(bundle_root: Path) -> Path:
+    """The modes file beside the bundle folder of a release (``releases/<section>/<id>/bundle``), found
+    from the bundle's path alone: what unpacking writes and Install (and a rollback from disk) reads."""
+    return bundle_root.parent / _RELEASE_MODES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,183 @@
+"""Carrying out a plan on disk: create its folders, then copy its files, each replaced atomically.
+
+Every change goes through the descriptor of the folder it happens in (``dirs.Dirs``): ``mkdirat``, a
+temporary name created exclusively and never written through (one left by a crash could be a link to
+anything), ``renameat`` over the destination. Folders get the mode ``mkdir`` gives them (0777 less the
+umask: 0755 usually), as with the CodeDeploy agent; files keep the bundle's mode (from the release's
+modes file where the release was narrowed) and mtime, symlinks stay symlinks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from s3deploy.errors import InstallError
+from s3deploy.install.cancel import checkpoint
+from s3deploy.install.dirs import Dirs, split
+from s3deploy.install.plan import TMP_SUFFIX, Plan
+
+_T = TypeVar("_T")
+
+# Plans of at least this many files are copied by COPY_THREADS threads, as the unpacker writes big zips
+# (bundle.PARALLEL_MIN_ENTRIES): creating a file costs the filesystem's per-file latency (inode, journal,
+# directory entry), which threads overlap; the data itself moves in the kernel (sendfile).
+PARALLEL_MIN_FILES = 256
+COPY_THREADS = 4
+# Threads take whole folders, gathered into batches of at least this many files, the next batch going to
+# whichever thread is free: threads creating files in the same folder queue on its lock.
+COPY_BATCH = 64
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SENDFILE_BYTES = 1 << 30
+
+
+def create_dirs(plan: Plan, dirs: Dirs, cancel: threading.Event | None) -> None:
+    """Create the plan's missing folders, parents first (insertion order)."""
+    for path, state in plan.dirs.items():
+        if state != "create":
+            continue
+        checkpoint(cancel)
+        parent, name = split(path)
+        try:
+            os.mkdir(name, 0o777, dir_fd=dirs.open(parent))
+        except FileExistsError:
+            # Sections with disjoint destinations under one new parent install at once: the other one
+            # may create that parent between our plan and our mkdir. A folder there is all we need.
+            try:
+                dirs.open(path)
+            except (FileNotFoundError, NotADirectoryError) as e:
+                raise InstallError(f"cannot create folder {path}: something else is there now") from e
+        except OSError as e:
+            raise InstallError(f"cannot create folder {path}: {e}") from e
+
+
+def copy_files(
+    plan: Plan, modes: Mapping[Path, int], roots: Iterable[str], cancel: threading.Event | None
+) -> None:
+    """Copy the plan's files; the first failure stops every thread and is raised.
+
+    Every folder exists already and every destination is distinct (the plan refuses two sources for
+    one), so the files need no order among them. The cleanup list written before covers all of them,
+    so a failure (or a cancel) leaves nothing on disk that the list does not hold.
+    """
+    files = list(plan.files.items())
+    roots = list(roots)
+    failed = threading.Event()
+
+    def run(batch: list[tuple[str, Path]]) -> None:
+        with Dirs(roots) as dirs:
+            for dest, source in batch:
+                if failed.is_set():
+                    return
+                try:
+                    checkpoint(cancel)
+                    parent, name = split(dest)
+                    try:
+                        folder = dirs.open(parent)
+                    except OSError as e:
+                        raise InstallError(f"cannot open folder {parent}: {e}") from e
+                    _install_file(source, folder, dest, modes)
+                except BaseException:
+                    failed.set()
+                    raise
+
+    if len(files) < PARALLEL_MIN_FILES:
+        run(files)
+        return
+    with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="install") as pool:
+        futures = [pool.submit(run, batch) for batch in _batches(files)]
+    errors = [e for e in (f.exception() for f in futures) if e is not None]
+    if errors:  # a real failure rather than the cancel it may have raced with
+        raise next((e for e in errors if type(e) is InstallError), errors[0])
+
+
+def _batches(files: list[tuple[str, Path]]) -> list[list[tuple[str, Path]]]:
+    """``files`` grouped by folder (in plan order), consecutive folders joined up to COPY_BATCH files."""
+    by_folder: dict[str, list[tuple[str, Path]]] = {}
+    for dest, source in files:
+        by_folder.setdefault(split(dest)[0], []).append((dest, source))
+    batches: list[list[tuple[str, Path]]] = [[]]
+    for group in by_folder.values():
+        if len(batches[-1]) >= COPY_BATCH:
+            batches.append([])
+        batches[-1].extend(group)
+    return batches
+
+
+def _install_file(source: Path, folder: int, dest: str, modes: Mapping[Path, int]) -> None:
+    try:
+        copy_one(source, folder, dest, modes.get(source))
+    except OSError as e:
+        raise InstallError(f"cannot install {source} as {dest}: {e}") from e
+
+
+def copy_one(source: Path, folder: int, dest: str, mode: int | None) -> None:
+    """Copy one file or symlink into ``folder`` (the open folder of ``dest``) under a temporary name,
+    then rename it over ``dest``'s name. ``mode``: the file's mode when the source's was narrowed.
+
+    One lstat of the source gives its kind, mode and times. The temporary name is removed on failure,
+    so nothing stays on disk that the cleanup list does not name.
+    """
+    st = os.lstat(source)
+    if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise InstallError(f"cannot install {source} as {dest}: it is neither a regular file nor a symlink")
+    name = split(dest)[1]
+    tmp = f"{name}{TMP_SUFFIX}"
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(source)
+            _exclusive(folder, tmp, lambda: os.symlink(target, tmp, dir_fd=folder))
+        else:
+            _copy_file(source, folder, tmp, st, stat.S_IMODE(st.st_mode) if mode is None else mode)
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=folder)
+        raise
+
+
+def _exclusive(folder: int, tmp: str, create: Callable[[], _T]) -> _T:
+    """``create()``, which fails if ``tmp`` exists; a ``tmp`` left by a crash is removed first."""
+    try:
+        return create()
+    except FileExistsError:
+        os.unlink(tmp, dir_fd=folder)
+        return create()
+
+
+def _copy_file(source: Path, folder: int, tmp: str, st: os.stat_result, mode: int) -> None:
+    """Write ``source``'s bytes, ``mode`` and times (from ``st``) to the new file ``tmp``."""
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        out = _exclusive(folder, tmp, lambda: os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=folder))
+        try:
+            _copy_bytes(src, out)
+            os.fchmod(out, mode)
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(out)
+    finally:
+        os.close(src)
+
+
+def _copy_bytes(src: int, out: int) -> None:
+    try:
+        while os.sendfile(out, src, None, _SENDFILE_BYTES) > 0:
+            pass
+        return
+    except OSError as e:
+        # like shutil: a filesystem without sendfile gets plain reads and writes, if nothing was written
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) or os.lseek(out, 0, os.SEEK_CUR):
+            raise
+    os.lseek(src, 0, os.SEEK_SET)
+    while chunk := os.read(src, 1 << 20):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out, view) :]
