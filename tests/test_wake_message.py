@@ -69,7 +69,9 @@ def test_s3_test_event_wakes_nothing_directly_or_through_sns() -> None:
 def test_sns_envelope_is_opened_and_subscription_confirmations_wake_nothing() -> None:
     wake = parse_message(json.dumps(sns(s3_event(("bkt", "app.zip")))))
     assert wake.objects == {("bkt", "app.zip")} and wake.why.startswith("SNS")
-    assert parse_message(json.dumps(sns("{}", kind="SubscriptionConfirmation"))).empty
+    confirm = sns("{}", kind="SubscriptionConfirmation") | {"SubscribeURL": "https://sns.example/?Token=t"}
+    assert parse_message(json.dumps(confirm)).empty
+    assert "SubscribeURL https://sns.example/?Token=t" in parse_message(json.dumps(confirm)).why
     assert parse_message(json.dumps(sns("{}", kind="UnsubscribeConfirmation"))).empty
 
 

@@ -96,7 +96,9 @@ def _parse_document(doc: Any, *, envelope_allowed: bool) -> Wake:
     sns_type = doc.get("Type")
     if isinstance(sns_type, str) and "TopicArn" in doc:
         if sns_type in _IGNORED_SNS_TYPES:
-            return Wake(why=f"SNS {bounded(sns_type, 40)} from {bounded(doc.get('TopicArn'), 120)}")
+            # Never followed (a message is not trusted); shown so an operator can confirm by hand.
+            url = f" (SubscribeURL {bounded(doc['SubscribeURL'], 400)})" if "SubscribeURL" in doc else ""
+            return Wake(why=f"SNS {bounded(sns_type, 40)} from {bounded(doc.get('TopicArn'), 120)}{url}")
         if sns_type == "Notification" and envelope_allowed:
             inner = doc.get("Message")
             if not isinstance(inner, str):
