@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -26,29 +27,30 @@ from tests.s3server import sync_client
 ACCOUNT = "123456789012"
 
 
-def _client(service: str, url: str) -> Any:
-    return boto3.client(
-        service,
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-
-
 @dataclass
 class Moto:
     """Sync clients on one moto server, for test set-up."""
 
     url: str
+    key: tuple[str, str] = ("test", "test")
     s3: Any = field(init=False)
     sqs: Any = field(init=False)
     sns: Any = field(init=False)
     events: Any = field(init=False)
+    iam: Any = field(init=False)
 
     def __post_init__(self) -> None:
         self.s3 = sync_client(self.url)
-        self.sqs, self.sns, self.events = (_client(s, self.url) for s in ("sqs", "sns", "events"))
+        self.sqs, self.sns, self.events, self.iam = (self._client(s) for s in ("sqs", "sns", "events", "iam"))
+
+    def _client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.key[0],
+            aws_secret_access_key=self.key[1],
+        )
 
     def queue(self) -> tuple[str, str]:
         """A new queue: its URL and ARN."""
@@ -278,6 +280,60 @@ async def test_missing_queue_is_logged_once_backed_off_and_retried_until_it_exis
     )
     await wakes.wait("bkt/k")
     await until(lambda: any("receiving again" in r.getMessage() for r in wake_logs(caplog)))
+
+
+async def test_access_denied_to_the_profile_is_logged_once_and_recovers_when_granted(
+    moto: Moto,
+    wakes: Wakes,
+    running: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """moto checks IAM policies once asked to: the listener signs as the section's profile, whose user may
+    only send at first."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    queue_url, _ = moto.queue()
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 4)  # the next 4 requests: no IAM yet
+    monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+    allow_all = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    moto.iam.create_user(UserName="admin")
+    moto.iam.put_user_policy(UserName="admin", PolicyName="all", PolicyDocument=json.dumps(allow_all))
+    admin_key = moto.iam.create_access_key(UserName="admin")["AccessKey"]
+    admin = Moto(moto.url, key=(admin_key["AccessKeyId"], admin_key["SecretAccessKey"]))
+
+    def allow(*actions: str) -> None:
+        statement = {"Effect": "Allow", "Action": list(actions), "Resource": "*"}
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        admin.iam.put_user_policy(UserName="deployer", PolicyName="wake", PolicyDocument=policy)
+
+    admin.iam.create_user(UserName="deployer")
+    allow("sqs:SendMessage")
+    key = admin.iam.create_access_key(UserName="deployer")["AccessKey"]
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        f"[deployer]\naws_access_key_id = {key['AccessKeyId']}\n"
+        f"aws_secret_access_key = {key['SecretAccessKey']}\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    caplog.set_level(logging.DEBUG, "s3deploy.wake")
+
+    running(
+        listener(queue_url, wakes, ("bkt", "k"), profile_name="deployer", retry_base_s=0.05, retry_cap_s=0.2)
+    )
+    await until(lambda: sum("AccessDenied" in r.getMessage() for r in wake_logs(caplog)) >= 3)
+    denied = [r for r in wake_logs(caplog) if "AccessDenied" in r.getMessage()]
+    assert [r.levelno for r in denied].count(logging.WARNING) == 1
+    assert "sqs:ReceiveMessage and sqs:DeleteMessage" in denied[0].getMessage()
+    # AWS authorizes DeleteMessageBatch as sqs:DeleteMessage; moto checks the API's own name.
+    allow("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:DeleteMessageBatch")
+    admin.send(
+        queue_url, json.dumps({"Records": [{"s3": {"bucket": {"name": "bkt"}, "object": {"key": "k"}}}]})
+    )
+    await wakes.wait("bkt/k")
+    await until(lambda: admin.depth(queue_url) == 0)  # deleted with the deployer's credentials
 
 
 async def test_unreachable_endpoint_and_unknown_profile_back_off_until_stop(

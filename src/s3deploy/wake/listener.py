@@ -73,7 +73,7 @@ class QueueListener:
         self.received = 0  # messages handled (read by the tests and, later, the metrics)
         self._client: Any = None
         self._stack = contextlib.AsyncExitStack()
-        self._logged: set[str] = set()  # error codes logged since the last good poll
+        self._logged: set[str] = set()  # errors (operation: code) logged since the last good poll
         self._logged_deletes: set[str] = set()  # codes of failed deletions logged (for the whole run)
         self._said_unparsable = False
 
@@ -120,10 +120,11 @@ class QueueListener:
 
     async def _back_off(self, error: QueueError, failures: int, stop: asyncio.Event) -> None:
         delay = backoff_delay(failures, base_s=self.retry_base_s, cap_s=self.retry_cap_s)
-        if error.code not in self._logged:
+        distinct = f"{error.op}: {error.code}"
+        if distinct not in self._logged:
             if len(self._logged) >= _MAX_REMEMBERED:
                 self._logged.clear()
-            self._logged.add(error.code)
+            self._logged.add(distinct)
             logger.warning("%s (wake-ups paused, polling goes on; retrying in %.1fs)", error, delay)
         else:
             logger.debug("%s (retrying in %.1fs)", error, delay)

@@ -28,10 +28,12 @@ READ_MARGIN_S = 10
 
 
 class QueueError(S3DeployError):
-    """Receiving from or deleting on a wake-up queue failed. ``code`` tells distinct errors apart."""
+    """Receiving from or deleting on a wake-up queue failed. ``op`` and ``code`` (the SQS error code, or
+    a name for the kind of failure) tell distinct errors apart."""
 
-    def __init__(self, message: str, *, code: str) -> None:
+    def __init__(self, message: str, *, op: str, code: str) -> None:
         super().__init__(message)
+        self.op = op
         self.code = code
 
 
@@ -59,6 +61,7 @@ async def sqs_client(
         raise QueueError(
             f"queue {bounded(address.url)}: AWS profile {profile_name!r} not found in the AWS config files "
             "(~/.aws/config, ~/.aws/credentials or AWS_CONFIG_FILE); check profile_name",
+            op="opening a client",
             code="ProfileNotFound",
         ) from e
     signing_region = address.signing_region(region or session.region_name)
@@ -85,6 +88,7 @@ _HINTS: dict[str, str] = {
     "RequestThrottled": "throttled by SQS; retrying with backoff",
 }
 _ALIASES = {
+    "403": "AccessDenied",  # an error body botocore could not read: only the status is left
     "AWS.SimpleQueueService.NonExistentQueue": "QueueDoesNotExist",
     "AccessDeniedException": "AccessDenied",
     "UnrecognizedClientException": "InvalidClientTokenId",
@@ -109,22 +113,26 @@ def translate_error(exc: BaseException, op: str, address: QueueAddress) -> Queue
         hint = _HINTS.get(code) or (
             "server error; retrying with backoff" if status >= 500 else bounded(err.get("Message"), 200)
         )
-        return QueueError(f"{where} failed: {bounded(code, 80)}: {hint}", code=code)
+        return QueueError(f"{where} failed: {bounded(code, 80)}: {hint}", op=op, code=code)
     if isinstance(exc, bce.EndpointConnectionError):
         return QueueError(
             f"{where} failed: cannot connect to {bounded(address.endpoint_url)}; "
             "check the URL and the network",
+            op=op,
             code="EndpointConnectionError",
         )
     if isinstance(exc, bce.ConnectTimeoutError | bce.ReadTimeoutError | TimeoutError):
-        return QueueError(f"{where} failed: timed out", code="Timeout")
+        return QueueError(f"{where} failed: timed out", op=op, code="Timeout")
     if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError | bce.CredentialRetrievalError):
         return QueueError(
             f"{where} failed: no AWS credentials found (profile_name / env / instance role)",
+            op=op,
             code="NoCredentials",
         )
     if isinstance(exc, bce.HTTPClientError | aiohttp.ClientError):
-        return QueueError(f"{where} failed: connection lost ({bounded(exc, 200)})", code="ConnectionLost")
+        return QueueError(
+            f"{where} failed: connection lost ({bounded(exc, 200)})", op=op, code="ConnectionLost"
+        )
     # Anything else (an answer that does not parse, a bug): still only a failed wake-up, never fatal.
     name = type(exc).__name__
-    return QueueError(f"{where} failed: {name}: {bounded(exc, 200)}", code=name)
+    return QueueError(f"{where} failed: {name}: {bounded(exc, 200)}", op=op, code=name)
