@@ -8,6 +8,7 @@ EventBridge in one process, deliveries made inside the upload's request).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ import boto3
 import pytest
 
 from s3deploy.wake import QueueListener, Wake
+from s3deploy.wake.listener import MIN_EMPTY_POLL_S
 from s3deploy.wake.sqs import WAIT_S
 from tests.s3server import sync_client
 
@@ -387,5 +389,51 @@ async def test_stop_ends_a_long_poll_at_once(wakes: Wakes) -> None:
     finally:
         for writer in held:
             writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_server_that_does_not_hold_long_polls_is_asked_at_most_once_a_second(
+    wakes: Wakes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SQS-compatible server ignoring WaitTimeSeconds answers "no message" at once (a fake one: moto and
+    SQS both hold the poll). Without a floor, the listener would ask it as fast as it answers."""
+    arrivals: list[float] = []
+
+    async def answer_empty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                arrivals.append(time.monotonic())
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                    b"Content-Length: 2\r\n\r\n{}"
+                )
+                await writer.drain()
+        writer.close()
+
+    caplog.set_level(logging.WARNING, "s3deploy.wake")
+    server = await asyncio.start_server(answer_empty, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener(f"http://127.0.0.1:{port}/{ACCOUNT}/q", wakes).run(stop))
+    try:
+        await until(lambda: len(arrivals) >= 3)
+        said = [r.getMessage() for r in wake_logs(caplog)]
+        assert len(said) == 1 and "does not hold long polls" in said[0]
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        assert min(gaps) >= MIN_EMPTY_POLL_S / 2
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
         server.close()
         await server.wait_closed()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -39,6 +40,9 @@ MAX_MESSAGES = 10
 RECEIVE_BOUND_S = 3 * (WAIT_S + READ_MARGIN_S)
 #: The longest one DeleteMessageBatch may take.
 DELETE_BOUND_S = 30.0
+#: An empty answer quicker than this means the server does not hold long polls (some SQS-compatible
+#: servers ignore WaitTimeSeconds): the next receive waits the rest of it, instead of spinning.
+MIN_EMPTY_POLL_S = 1.0
 #: Distinct errors remembered for "logged once"; past this the set starts again.
 _MAX_REMEMBERED = 64
 
@@ -76,6 +80,7 @@ class QueueListener:
         self._logged: set[str] = set()  # errors (operation: code) logged since the last good poll
         self._logged_deletes: set[str] = set()  # codes of failed deletions logged (for the whole run)
         self._said_unparsable = False
+        self._said_short_poll = False
 
     async def __aenter__(self) -> QueueListener:
         return self
@@ -101,8 +106,12 @@ class QueueListener:
         logger.info("%s: listening at %s", self.label, bounded(self.address.url))
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 try:
+                    received = self.received
                     await self.poll_once(stop)
+                    if self.received == received and not stop.is_set():
+                        await self._after_empty(time.monotonic() - started, stop)
                 except QueueError as e:
                     failures += 1
                     await self._back_off(e, failures, stop)
@@ -130,6 +139,19 @@ class QueueListener:
             logger.debug("%s (retrying in %.1fs)", error, delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
+
+    async def _after_empty(self, elapsed_s: float, stop: asyncio.Event) -> None:
+        if elapsed_s >= MIN_EMPTY_POLL_S:
+            return
+        if not self._said_short_poll:
+            self._said_short_poll = True
+            logger.warning(
+                "%s: the server answered at once with no message (it does not hold long polls); "
+                "receiving at most once a second",
+                self.label,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), MIN_EMPTY_POLL_S - elapsed_s)
 
     async def poll_once(self, stop: asyncio.Event | None = None) -> Wake:
         """One ReceiveMessage (waiting up to 20 s, ended early by ``stop``), the wakes it asks for, and
