@@ -106,12 +106,9 @@ class QueueListener:
         logger.info("%s: listening at %s", self.label, bounded(self.address.url))
         try:
             while not stop.is_set():
-                started = time.monotonic()
+                started, before = time.monotonic(), self.received
                 try:
-                    received = self.received
                     await self.poll_once(stop)
-                    if self.received == received and not stop.is_set():
-                        await self._after_empty(time.monotonic() - started, stop)
                 except QueueError as e:
                     failures += 1
                     await self._back_off(e, failures, stop)
@@ -124,6 +121,8 @@ class QueueListener:
                         logger.info("%s: receiving again after %d failed attempt(s)", self.label, failures)
                     failures = 0
                     self._logged.clear()
+                    if self.received == before and not stop.is_set():
+                        await self._after_empty(time.monotonic() - started, stop)
         finally:
             await self.aclose()
 
@@ -137,8 +136,7 @@ class QueueListener:
             logger.warning("%s (wake-ups paused, polling goes on; retrying in %.1fs)", error, delay)
         else:
             logger.debug("%s (retrying in %.1fs)", error, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+        await _sleep(delay, stop)
 
     async def _after_empty(self, elapsed_s: float, stop: asyncio.Event) -> None:
         if elapsed_s >= MIN_EMPTY_POLL_S:
@@ -150,8 +148,7 @@ class QueueListener:
                 "receiving at most once a second",
                 self.label,
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), MIN_EMPTY_POLL_S - elapsed_s)
+        await _sleep(MIN_EMPTY_POLL_S - elapsed_s, stop)
 
     async def poll_once(self, stop: asyncio.Event | None = None) -> Wake:
         """One ReceiveMessage (waiting up to 20 s, ended early by ``stop``), the wakes it asks for, and
@@ -254,6 +251,11 @@ def _parse(message: Mapping[str, Any]) -> Wake:
     if not isinstance(body, str):
         return Wake(everything=True, why="unparsable: a message without a text body")
     return parse_message(body)
+
+
+async def _sleep(delay_s: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)
 
 
 def _debug() -> bool:
