@@ -427,11 +427,12 @@ async def test_a_server_that_does_not_hold_long_polls_is_asked_at_most_once_a_se
     stop = asyncio.Event()
     task = asyncio.create_task(listener(f"http://127.0.0.1:{port}/{ACCOUNT}/q", wakes).run(stop))
     try:
-        await until(lambda: len(arrivals) >= 3)
+        await until(lambda: len(arrivals) >= 4)
         said = [r.getMessage() for r in wake_logs(caplog)]
-        assert len(said) == 1 and "does not hold long polls" in said[0]
-        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
-        assert min(gaps) >= MIN_EMPTY_POLL_S / 2
+        assert len(said) == 1 and "does not hold long polls" in said[0], said
+        # Each receive starts at least MIN_EMPTY_POLL_S after the one before; an arrival may lag its
+        # start (a loaded machine), so only the span of several is bounded: 3 s, less a lag.
+        assert arrivals[3] - arrivals[0] >= 1.5 * MIN_EMPTY_POLL_S, arrivals
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
