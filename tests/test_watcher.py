@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from s3deploy.config import Section
-from s3deploy.deployer import Agent
+from s3deploy.runtime.context import AgentContext
 from s3deploy.detection import decide
 from s3deploy.source.s3 import Revision, S3Pool
+from s3deploy.state.layout import StateLayout
 from s3deploy.state.locks import SectionLocks
 from s3deploy.state.store import Deployment, StateStore
 from s3deploy.watcher import Watcher
@@ -86,7 +87,7 @@ async def test_download_failing_on_s3_errors_is_retried_with_backoff(
         poll_interval_s=60,
     )
     state = StateStore(tmp_path / "state" / "state.db")
-    watcher = Watcher(section, Agent(tmp_path / "state", state, pool, SectionLocks(tmp_path / "state")))
+    watcher = Watcher(section, AgentContext(StateLayout(tmp_path / "state"), state, pool, SectionLocks(tmp_path / "state")))
     fault_proxy.add(Fault("GET", 1000, status=503, code="ServiceUnavailable"))
     try:
         first = await watcher.poll_once()
@@ -124,7 +125,7 @@ async def test_idle_polls_skip_the_database_but_see_other_processes_changes(
     )
     state = StateStore(tmp_path / "state" / "state.db")
     other = StateStore(tmp_path / "state" / "state.db")  # another process's connection (a CLI command)
-    agent = Agent(tmp_path / "state", state, pool, SectionLocks(tmp_path / "state"))
+    agent = AgentContext(StateLayout(tmp_path / "state"), state, pool, SectionLocks(tmp_path / "state"))
     watcher = Watcher(section, agent)
     reads = 0
     get_section = state.get_section
@@ -144,13 +145,13 @@ async def test_idle_polls_skip_the_database_but_see_other_processes_changes(
         assert reads == 0
 
         other.set_suspended("Web", True)  # `s3deploy suspend Web` while the daemon runs
-        agent._data_version_at = float("-inf")  # as if DATA_VERSION_TTL_S had passed
+        agent.forget_state_token()  # as if DATA_VERSION_TTL_S had passed
         upload("2")
         assert await watcher.poll_once() is None
         assert reads > 0 and (tmp_path / "www" / "x").read_text() == "1"
 
         other.set_suspended("Web", False)
-        agent._data_version_at = float("-inf")
+        agent.forget_state_token()
         done = await watcher.poll_once()
         assert done is not None and done.status == "succeeded"
         assert (tmp_path / "www" / "x").read_text() == "2"
