@@ -28,7 +28,7 @@ import yaml
 from s3deploy.errors import AppSpecError
 from s3deploy.install import acl
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LIFECYCLE_EVENTS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService")
 """Events whose scripts run on every in-place deployment, in this order (Install sits between
@@ -199,7 +199,7 @@ def _load(bundle_root: Path) -> tuple[AppSpec, list[str]]:
     """The appspec (valid parts only) and every problem found; raises AppSpecError if it cannot be read."""
     path = find_appspec(bundle_root)
     if path is None:
-        log.debug("no appspec in %s: seed-style bundle", bundle_root)
+        logger.debug("no appspec in %s: seed-style bundle", bundle_root)
         return AppSpec(hooks=_seed_hooks(bundle_root), seed_style_hooks=True), []
     problems = _Problems(path.name)
     try:
@@ -382,7 +382,9 @@ def _timeout(value: Any, key: str, problems: _Problems) -> float | None:
         problems.add(key, f'expected a number of seconds > 0, got "{value}"')
         return None
     if seconds > CODEDEPLOY_MAX_TIMEOUT_S:
-        log.info("%s: %s s is above CodeDeploy's %d s limit; accepted", key, value, CODEDEPLOY_MAX_TIMEOUT_S)
+        logger.info(
+            "%s: %s s is above CodeDeploy's %d s limit; accepted", key, value, CODEDEPLOY_MAX_TIMEOUT_S
+        )
     return seconds
 
 

@@ -26,7 +26,7 @@ from typing import IO
 
 from s3deploy.errors import BundleError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
@@ -534,7 +534,7 @@ def unpack(archive: Path, dest: Path, *, max_files: int, max_unpacked_bytes: int
             if raw_fd is not None:
                 os.close(raw_fd)
     root = _bundle_root(dest)
-    log.info(
+    logger.info(
         "unpacked %s: %d entries, %d bytes in %.2fs (root %s)",
         label,
         len(plan.entries),

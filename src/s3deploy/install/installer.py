@@ -49,7 +49,7 @@ from s3deploy.common.files import atomic_write
 from s3deploy.errors import InstallError
 from s3deploy.install import acl
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 MAX_LISTED_CONFLICTS = 10
@@ -125,7 +125,7 @@ def install(
         skipped_retained=len(plan.retained),
         duration_s=time.monotonic() - started,
     )
-    log.info(
+    logger.info(
         "installed %d files (%d kept under RETAIN, %d folders created) in %.2fs",
         report.copied,
         report.skipped_retained,
@@ -259,9 +259,9 @@ def _classify_file(plan: _Plan, dest: str, behavior: str, prev_files: set[str], 
     elif behavior == "RETAIN":
         del plan.files[dest]
         plan.retained.append(dest)
-        log.info("keeping %s: it exists and file_exists_behavior is RETAIN", dest)
+        logger.info("keeping %s: it exists and file_exists_behavior is RETAIN", dest)
     else:
-        log.info("replacing %s: it exists and file_exists_behavior is OVERWRITE", dest)
+        logger.info("replacing %s: it exists and file_exists_behavior is OVERWRITE", dest)
 
 
 def _conflict_message(conflicts: list[str]) -> str:
@@ -301,7 +301,7 @@ def _remove_previous(
                 os.unlink(path)
                 removed += 1
             elif os.path.isdir(path):
-                log.warning("not removing %s: listed as a file but it is now a folder", path)
+                logger.warning("not removing %s: listed as a file but it is now a folder", path)
         except OSError as e:
             raise InstallError(f"cannot remove previously installed {path}: {e}") from e
     for path in sorted(prev_dirs, key=lambda p: p.count("/"), reverse=True):
@@ -310,8 +310,8 @@ def _remove_previous(
         try:
             os.rmdir(path)
         except OSError:
-            log.info("keeping folder %s: it holds files this section did not install", path)
-    log.debug("removed %d files of the previous install", removed)
+            logger.info("keeping folder %s: it holds files this section did not install", path)
+    logger.debug("removed %d files of the previous install", removed)
 
 
 def _copy(plan: _Plan) -> None:

@@ -20,7 +20,7 @@ from types import TracebackType
 from s3deploy.errors import LockBusy, S3DeployError
 from s3deploy.state.layout import StateLayout
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 POLL_MIN_S = 0.05
 POLL_MAX_S = 0.5
@@ -54,7 +54,7 @@ def _write_pid(fd: int) -> None:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError as e:
-        log.debug("could not write the pid into a lock file: %s", e)
+        logger.debug("could not write the pid into a lock file: %s", e)
 
 
 def _clear_and_close(fd: int) -> None:
@@ -110,14 +110,14 @@ class InstanceLock:
             )
         _write_pid(fd)
         self._fd = fd
-        log.debug("instance lock %s acquired", self.path)
+        logger.debug("instance lock %s acquired", self.path)
 
     def release(self) -> None:
         """Give the lock up; a no-op when not held."""
         fd, self._fd = self._fd, None
         if fd is not None:
             _clear_and_close(fd)
-            log.debug("instance lock %s released", self.path)
+            logger.debug("instance lock %s released", self.path)
 
     def __enter__(self) -> InstanceLock:
         self.acquire()
@@ -229,7 +229,7 @@ class SectionLocks:
                     )
                 if wait and delay == POLL_MIN_S:
                     holder = _holder(path, nobody)
-                    log.info("%s: waiting for another deployment (%s) to finish with it", what, holder)
+                    logger.info("%s: waiting for another deployment (%s) to finish with it", what, holder)
                 await asyncio.sleep(delay)
                 if wait:
                     delay = min(delay * 2, POLL_MAX_S)
@@ -239,7 +239,7 @@ class SectionLocks:
         if operation == fcntl.LOCK_EX:
             _write_pid(fd)
         waited = loop.time() - started
-        log.debug("%s: lock %s acquired after %.2fs", what, path, waited)
+        logger.debug("%s: lock %s acquired after %.2fs", what, path, waited)
         return fd
 
     def _unflock(self, section: str) -> None:

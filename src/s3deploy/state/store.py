@@ -22,7 +22,7 @@ from typing import Any
 
 from s3deploy.errors import S3DeployError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 STATUSES = ("running", "succeeded", "failed", "interrupted")
 FINAL_STATUSES = frozenset({"succeeded", "failed", "interrupted"})
@@ -253,7 +253,7 @@ class StateStore:
             except (sqlite3.OperationalError, S3DeployError) as e:
                 if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
                     raise
-                log.debug("state database %s busy while opening it (%s); retrying", self.path, e)
+                logger.debug("state database %s busy while opening it (%s); retrying", self.path, e)
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
 
@@ -271,7 +271,7 @@ class StateStore:
             for target in range(version, SCHEMA_VERSION):
                 for statement in _MIGRATIONS[target]:
                     conn.execute(statement)
-                log.info("state database %s migrated to schema version %d", self.path, target + 1)
+                logger.info("state database %s migrated to schema version %d", self.path, target + 1)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -358,7 +358,7 @@ class StateStore:
             )  # fmt: skip
             deployment = self._fetch(conn, dep_id)
         assert deployment is not None
-        log.debug("[%s] deployment %s recorded as running", section, dep_id)
+        logger.debug("deployment %s recorded as running", dep_id, extra={"section": section})
         return deployment
 
     def finish(
@@ -477,7 +477,7 @@ class StateStore:
             )
             recovered = [d for d in (self._fetch(conn, dep_id) for dep_id in ids) if d is not None]
         for d in recovered:  # callers log these for the operator; this is the state's own trace
-            log.debug("[%s] deployment %s marked interrupted", d.section, d.id)
+            logger.debug("deployment %s marked interrupted", d.id, extra={"section": d.section})
         return recovered
 
     # ---- sections ----------------------------------------------------------------------------------
