@@ -10,6 +10,7 @@ Synchronous on purpose: async callers wrap ``unpack`` in ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import stat
@@ -490,7 +491,8 @@ def _extract_parallel(
                 raise
 
     with ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="unpack") as pool:
-        futures = [pool.submit(run, lane) for lane in lanes if lane]
+        # Each thread logs with the deployment's section and id (log.py): a copy of the context each.
+        futures = [pool.submit(contextvars.copy_context().run, run, lane) for lane in lanes if lane]
     for future in futures:
         error = future.exception()
         if error is not None:

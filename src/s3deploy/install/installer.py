@@ -26,6 +26,7 @@ so no later install removes them. Permissions apply in appspec order; a later en
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import grp
 import json
@@ -362,7 +363,8 @@ def _copy_parallel(files: list[tuple[str, Path]]) -> None:
                 raise
 
     with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="install") as pool:
-        futures = [pool.submit(run, batch) for batch in _batches(files)]
+        # Each thread logs with the deployment's section and id (log.py): a copy of the context each.
+        futures = [pool.submit(contextvars.copy_context().run, run, batch) for batch in _batches(files)]
     for future in futures:
         error = future.exception()
         if error is not None:
