@@ -70,8 +70,8 @@ class Deployer:
         Install (with auto_rollback); prune. The caller holds the section lock."""
         dep_id = await asyncio.to_thread(self.ctx.state.new_deployment_id)
         release_dir = self.ctx.layout.release_dir(self.section.name, dep_id)
-        await self._start(dep_id, rev, release_dir=str(release_dir), forced=forced)
         with log_context(deployment_id=dep_id):
+            await self._start(dep_id, rev, release_dir=str(release_dir), forced=forced)
             logger.info("deployment %s of s3://%s/%s (%s) started", dep_id, rev.bucket, rev.key, rev.identity)
             sink = OutputSink(logger, self._log_path(dep_id))
             try:
@@ -271,8 +271,8 @@ class Deployer:
         if target is None:
             return None
         dep_id = await asyncio.to_thread(self.ctx.state.new_deployment_id)
-        await self._start(dep_id, good, rollback_of=rollback_of, restores=good.restores or good.id)
         with log_context(deployment_id=dep_id):
+            await self._start(dep_id, good, rollback_of=rollback_of, restores=good.restores or good.id)
             sink = OutputSink(logger, self._log_path(dep_id))
             try:
                 await asyncio.to_thread(sink.open)
