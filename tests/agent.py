@@ -4,6 +4,7 @@ Real S3 servers and fault proxies live in tests/s3server.py; both are registered
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import io
@@ -175,6 +176,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+async def eventually(predicate: Callable[[], Any], within_s: float = 30, interval: float = 0.05) -> Any:
+    """``wait_until`` for async tests: the predicate's first truthy value, polled without blocking."""
+    for _ in range(int(within_s / interval) + 1):
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {within_s}s")
 
 
 def pid_alive(pid: int) -> bool:
