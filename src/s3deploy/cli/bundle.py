@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +15,7 @@ from s3deploy.cli.options import (
     JsonOpt,
     LogLevelOpt,
     StateDirOpt,
+    arun,
     complete_section,
     fail,
     guard,
@@ -24,8 +23,6 @@ from s3deploy.cli.options import (
     setup,
 )
 from s3deploy.cli.output import progress_bars, say
-from s3deploy.common.text import printable
-from s3deploy.errors import AppSpecError
 
 
 def validate(
@@ -74,7 +71,7 @@ def publish(
 
     Bundles up to 64 MiB go up in one PUT (their ETag is the MD5 the agent verifies), bigger ones in parts.
     """
-    from s3deploy.publish import Published, publish_bundle  # the S3 stack: only for this command
+    from s3deploy.publish import publish_bundle  # the S3 stack: only for this command
     from s3deploy.source.s3 import Endpoint
 
     setup(log_level, "text", None)
@@ -88,18 +85,8 @@ def publish(
         endpoint = Endpoint(profile_name, region, endpoint_url)
     else:
         raise fail("publish needs -s SECTION, or --bucket and --key", EXIT_USAGE)
-
-    def upload() -> Published:
-        with progress_bars(not json_ and not dry_run) as progress:
-            job = publish_bundle(directory, endpoint, bucket, key, dry_run=dry_run, progress=progress)
-            try:
-                return asyncio.run(job)
-            except AppSpecError as e:
-                for problem in e.problems:
-                    print(printable(problem, keep_newlines=True), file=sys.stderr)
-                raise
-
-    done = guard(upload)
+    with progress_bars(not json_ and not dry_run) as progress:
+        done = arun(publish_bundle(directory, endpoint, bucket, key, dry_run=dry_run, progress=progress))
     if json_:
         print(json.dumps(done.to_json(), indent=2))
     elif dry_run:

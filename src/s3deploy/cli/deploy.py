@@ -6,7 +6,7 @@ SIGTERM/SIGINT stop the running hooks; the deployment is recorded ``interrupted`
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,7 +26,9 @@ from s3deploy.cli.options import (
     with_agent,
 )
 from s3deploy.cli.output import progress_bars, say
-from s3deploy.state.store import Deployment
+
+if TYPE_CHECKING:
+    from s3deploy.state.store import Deployment
 
 
 def _report(dep: Deployment, *, as_json: bool, message: str | None = None) -> None:

@@ -6,20 +6,23 @@ a fraction of a second); commands that need them import them when they run.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from s3deploy.cli.output import print_error
+from s3deploy.common.text import printable
 from s3deploy.config import Config, find_config_path, load_config
-from s3deploy.errors import ConfigError, LockBusy, S3DeployError, describe
+from s3deploy.errors import AppSpecError, ConfigError, LockBusy, S3DeployError, describe
 from s3deploy.log import setup_logging
-from s3deploy.runtime.agent import Agent
+
+if TYPE_CHECKING:
+    from s3deploy.runtime.agent import Agent
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,11 @@ def guard(fn: Callable[[], T]) -> T:
         raise fail(str(e), EXIT_USAGE) from None
     except LockBusy as e:
         raise fail(str(e), EXIT_LOCKED) from None
+    except AppSpecError as e:
+        if e.problems != [str(e)]:
+            for problem in e.problems:
+                print(printable(problem, keep_newlines=True), file=sys.stderr)
+        raise fail(str(e), EXIT_FAILED) from None
     except S3DeployError as e:
         logger.debug("failure", exc_info=True)
         raise fail(str(e), EXIT_FAILED) from None
@@ -111,11 +119,14 @@ def load(config: Path | None) -> Config:
 
 def arun(coro: Coroutine[Any, Any, T]) -> T:
     """Run one coroutine to completion under ``guard``."""
+    import asyncio  # only commands that run something pay for it, not --help, list, validate
+
     return guard(lambda: asyncio.run(coro))
 
 
 def with_agent(cfg: Config, state_dir: Path, operation: Callable[[Agent], Awaitable[T]], **options: Any) -> T:
     """Open the runtime for one operation, run it, close it (``options`` go to the Agent)."""
+    from s3deploy.runtime.agent import Agent  # asyncio and SQLite: not for --help, list, validate
 
     async def call() -> T:
         async with Agent(cfg, state_dir, **options) as agent:

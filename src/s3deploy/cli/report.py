@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3deploy.cli.output import iso_ts, ts
-from s3deploy.state.store import Deployment
+
+if TYPE_CHECKING:
+    from s3deploy.state.store import Deployment
 
 STATUS_COLUMNS = ("section", "state", "suspended", "installed", "since", "last", "result", "error")
 HISTORY_COLUMNS = ("id", "status", "started", "took", "revision", "event", "note")

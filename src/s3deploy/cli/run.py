@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,7 +27,9 @@ from s3deploy.cli.options import (
 from s3deploy.cli.output import say
 from s3deploy.cli.sections import print_sections
 from s3deploy.config import DEFAULT_SECTION, find_config_path
-from s3deploy.runtime.agent import CheckResult, Selection
+
+if TYPE_CHECKING:
+    from s3deploy.runtime.agent import CheckResult
 
 
 def run(
@@ -79,6 +81,8 @@ def run(
     log_file: LogFileOpt = None,
 ) -> None:
     """Run the agent: watch the sections' S3 objects and deploy them when they change."""
+    from s3deploy.runtime.agent import Selection
+
     setup(log_level, log_format, log_file)
     cfg = load(config)
     if list_configs:
