@@ -70,7 +70,7 @@ def deploy(
     s3deploy process (the daemon) is deploying this section right now.
     """
     setup(log_level, log_format, log_file)
-    cfg = load(config)
+    cfg = load(config, name)
     with progress_bars(not json_) as progress:
         result = with_agent(
             cfg, state_dir_of(state_dir), lambda agent: agent.deploy_now(name, force=force), progress=progress
@@ -102,7 +102,7 @@ def rollback(
     The daemon does not redeploy the revision this replaces: only a new upload deploys again.
     """
     setup(log_level, log_format, log_file)
-    cfg = load(config)
+    cfg = load(config, name)
     dep = with_agent(cfg, state_dir_of(state_dir), lambda agent: agent.rollback(name, to))
     _report(
         dep,

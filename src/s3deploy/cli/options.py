@@ -113,8 +113,17 @@ def setup(log_level: str, log_format: str, log_file: Path | None) -> None:
     guard(lambda: setup_logging(log_level, log_format, log_file))
 
 
-def load(config: Path | None) -> Config:
-    return guard(lambda: load_config(find_config_path(config)))
+def load(config: Path | None, *sections: str) -> Config:
+    """config.ini, with the sections named on the command line checked to be there: a usage error
+    exits 2 before anything (the state directory) is opened."""
+
+    def checked() -> Config:
+        cfg = load_config(find_config_path(config))
+        for name in sections:
+            cfg.section(name)
+        return cfg
+
+    return guard(checked)
 
 
 def arun(coro: Coroutine[Any, Any, T]) -> T:

@@ -63,7 +63,7 @@ def status(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Per section: state, installed release, last attempt."""
-    cfg = load(config)
+    cfg = load(config, *(names or ()))
     rows = with_agent(cfg, state_dir_of(state_dir), lambda agent: agent.status(names or ()))
     if json_:
         print(json.dumps({"sections": rows}, indent=2))
@@ -82,7 +82,7 @@ def history(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Past deployments of a section, newest first."""
-    cfg = load(config)
+    cfg = load(config, name)
     deps = with_agent(cfg, state_dir_of(state_dir), lambda agent: agent.history(name, limit))
     if json_:
         print(json.dumps([d.to_json() for d in deps], indent=2))
@@ -91,7 +91,7 @@ def history(
 
 
 def _set_suspended(name: str, suspended: bool, config: ConfigOpt, state_dir: StateDirOpt) -> None:
-    cfg = load(config)
+    cfg = load(config, name)
     with_agent(cfg, state_dir_of(state_dir), lambda agent: agent.set_suspended(name, suspended))
     say(f"{name}: {'suspended (the daemon keeps watching, does not deploy)' if suspended else 'resumed'}")
 
