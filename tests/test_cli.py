@@ -491,6 +491,10 @@ def test_bad_option_values_are_usage_errors_not_tracebacks(tmp_path: Path) -> No
         assert f"--log-file {log_file}: " in proc.stderr and says in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "missing").exists()
+    for command in ("status", "history", "suspend", "deploy", "rollback"):
+        typo = cli(command, "Wbe", *args)
+        assert typo.returncode == 2 and "no section [Wbe]" in typo.stderr, command
+    assert not (tmp_path / "state").exists()  # a usage error opens nothing
 
 
 # ------------------------------------------------------------------------------ signals
