@@ -5,6 +5,7 @@ and deployment id on every log line it causes, threads included."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import io
 import json
@@ -340,14 +341,34 @@ async def test_every_line_of_a_deployment_carries_section_and_deployment_id_thre
     assert any(line.endswith(f"{dep.id} [Web] AfterInstall: hook says hi") for line in text)
 
 
-async def test_a_deployment_log_file_that_cannot_be_written_does_not_stop_the_hooks(site: Site) -> None:
-    """The log folder is not writable (here: a file where the folder should be): the hooks run, the
-    deployment succeeds, the output still reaches the state's tail."""
-    layout = StateLayout(site.state_dir)
-    layout.logs_root.mkdir(parents=True)
-    (layout.logs_root / "Web").write_text("not a folder")
-    site.put(site.release("v1", hooks={"ApplicationStart": "echo started ok"}))
+def fill(path: Path) -> None:
+    """Write ``path`` until its disk is full: not one more block."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("broken", ["a file where the folder goes", "a full disk"])
+async def test_a_deployment_log_file_that_cannot_be_written_does_not_stop_the_hooks(
+    site: Site, broken: str, tiny_disk: Callable[[Path], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The hooks run, the deployment succeeds, the output still reaches the state's tail."""
+    logs = StateLayout(site.state_dir).logs_root
+    if broken == "a full disk":
+        tiny_disk(logs)
+        (logs / "Web").mkdir()
+        fill(logs / "filler")
+    else:
+        logs.mkdir(parents=True)
+        (logs / "Web").write_text("not a folder")
+    lines = "; ".join(f"echo started ok {i}" for i in range(50))
+    site.put(site.release("v1", hooks={"ApplicationStart": lines}))
     async with open_agent(site.state_dir, site.section, exclusive=True) as agent:
         dep = await (await agent.watcher(site.section)).poll_once()
     assert dep is not None and dep.status == "succeeded"
-    assert "ApplicationStart: started ok" in dep.output_tail
+    assert "ApplicationStart: started ok 49" in dep.output_tail
+    assert "cannot write the deployment log" in caplog.text
