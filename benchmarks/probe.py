@@ -48,25 +48,15 @@ def _unpack(archive: str, dest: str) -> dict[str, Any]:
 
 async def _deploy(config_path: str, state_dir: str, section: str) -> dict[str, Any]:
     from s3deploy.config import load_config
-    from s3deploy.deployer import Agent
-    from s3deploy.runtime.daemon import check
-    from s3deploy.source.s3 import S3Pool
-    from s3deploy.state.locks import SectionLocks
-    from s3deploy.state.store import StateStore
-    from s3deploy.watcher import Watcher
+    from s3deploy.runtime.agent import Agent, check
 
-    sec = load_config(Path(config_path)).section(section)
-    state = StateStore.open(Path(state_dir))
-    try:
-        async with S3Pool() as pool:
-            agent = Agent(Path(state_dir), state, pool, SectionLocks(Path(state_dir)))
-            watcher = Watcher(sec, agent)
-            await pool.client(watcher.endpoint)  # the daemon's client is long open
-            started = time.perf_counter()
-            result = await check(watcher)
-            seconds = time.perf_counter() - started
-    finally:
-        state.close()
+    config = load_config(Path(config_path))
+    async with Agent(config, Path(state_dir)) as agent:
+        watcher = await agent.watcher(config.section(section))
+        await watcher.ctx.pool.client(watcher.endpoint)  # the daemon's client is long open
+        started = time.perf_counter()
+        result = await check(watcher)
+        seconds = time.perf_counter() - started
     ok = result.deployment is not None and result.deployment.status == "succeeded"
     return {"seconds": seconds, "ok": ok, "error": getattr(result, "error", None)}
 

@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -23,9 +24,11 @@ from s3deploy.devtools.seaweed import SeaweedServer, free_port
 from tests.agent import (
     DaemonProcess,
     appspec,
+    assert_no_lock_held,
     cli,
     history,
     hook_script,
+    pid_alive,
     status,
     wait_until,
     write_config,
@@ -122,15 +125,22 @@ def web(
     return start
 
 
-def run_in_pty(*args: str, env: Mapping[str, str] | None = None, timeout: float = 90) -> tuple[int, str]:
-    """Run ``python -m s3deploy ARGS`` with stdout on a 120x40 pseudo-terminal; (exit code, stdout)."""
+def run_in_pty(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 90,
+    columns: int = 120,
+    stderr: bool = False,
+) -> tuple[int, str]:
+    """Run ``python -m s3deploy ARGS`` with stdout (and stderr with ``stderr``) on a pseudo-terminal
+    ``columns`` wide; (exit code, what it showed)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     proc = subprocess.Popen(
         [sys.executable, "-m", "s3deploy", *args],
         stdin=subprocess.DEVNULL,
         stdout=slave,
-        stderr=subprocess.DEVNULL,
+        stderr=slave if stderr else subprocess.DEVNULL,
         env={**os.environ, "TERM": "xterm-256color", **(env or {})},
     )
     os.close(slave)
@@ -436,3 +446,113 @@ def test_shell_completion_script_and_section_names(tmp_path: Path) -> None:
     assert complete("s3deploy roll") == ["rollback"]
     assert complete("s3deploy deploy P") == ["Production", "Preview"]
     assert complete("s3deploy history ") == ["Production", "Preview", "Staging"]
+
+
+# ------------------------------------------------------------------------------ hostile strings
+def test_status_history_and_errors_show_markup_and_escape_sequences_as_text(
+    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any
+) -> None:
+    """A hook's output stored as the error holds rich markup and a terminal title sequence; a section
+    name on the command line holds a closing tag. Shown on a terminal: as written, escaped, exit 0/2."""
+    bucket = make_bucket()
+    config = web_config(tmp_path, seaweed, bucket)
+    args = ("-c", str(config), "--state-dir", str(tmp_path / "state"))
+    hostile = r"copied to [/var/www/html] [bold]x[/bold] \033]0;pwned\007"
+    bundle = zip_bytes(
+        {
+            "appspec.yml": appspec(tmp_path / "www", {"ValidateService": "scripts/v.sh"}),
+            "scripts/v.sh": hook_script(f'printf "{hostile}\\n"; exit 1'),
+            "app/index.html": "x",
+        }
+    )
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle)
+    code, shown = run_in_pty("deploy", "Web", *args, columns=400, stderr=True)
+    assert code == 1, shown
+    assert "copied to [/var/www/html] [bold]x[/bold] \\x1b]0;pwned\\x07" in shown
+    for command in (("status",), ("history", "Web")):
+        code, shown = run_in_pty(*command, *args, columns=400)
+        assert code == 0, shown
+        assert "[/var/www/html] [bold]x[/bold]" in shown, command  # markup shown, not applied
+        assert "\x1b]0;pwned" not in shown and "\\x1b]0;pwned\\x07" in shown, command
+    code, shown = run_in_pty("status", "[/x]", *args, stderr=True)
+    assert code == 2 and "no section [[/x]]" in shown and "Traceback" not in shown, shown
+    piped = cli("history", "Web", *args)
+    assert piped.returncode == 0 and "\x1b" not in piped.stdout and "\\x1b]0;pwned" in piped.stdout
+
+
+def test_bad_option_values_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.ini", {"Web": {"s3_bucket": "b", "target_file_key": "k"}})
+    args = ("-c", str(config), "--state-dir", str(tmp_path / "state"))
+    huge = cli("history", "Web", "--limit", str(10**30), *args)
+    assert huge.returncode == 2 and "--limit" in huge.stderr and "Traceback" not in huge.stderr
+    for log_file, says in ((tmp_path, "is a folder"), (tmp_path / "missing" / "agent.log", "does not exist")):
+        proc = cli("deploy", "Web", "--log-file", str(log_file), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert f"--log-file {log_file}: " in proc.stderr and says in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "missing").exists()
+    for command in ("status", "history", "suspend", "deploy", "rollback"):
+        typo = cli(command, "Wbe", *args)
+        assert typo.returncode == 2 and "no section [Wbe]" in typo.stderr, command
+    assert not (tmp_path / "state").exists()  # a usage error opens nothing
+
+
+# ------------------------------------------------------------------------------ signals
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [("deploy", signal.SIGTERM), ("run --once", signal.SIGINT), ("rollback", signal.SIGTERM)],
+)
+def test_a_one_shot_command_stopped_by_a_signal_stops_its_hooks_and_records_interrupted(
+    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any,
+    command: str, sig: signal.Signals,
+) -> None:  # fmt: skip
+    bucket = make_bucket(versioned=True)
+    config = web_config(tmp_path, seaweed, bucket, poll_interval=0.2)
+    state_dir, gate, pid_file = tmp_path / "state", tmp_path / "gate", tmp_path / "pid"
+    args = ("-c", str(config), "--state-dir", str(state_dir))
+    hooks = {"AfterInstall": "scripts/after.sh"}
+    after = f"if [ -e {gate} ]; then echo $$ > {pid_file}; sleep 60; fi"
+
+    def put(tag: str) -> None:
+        files = {"appspec.yml": appspec(tmp_path / "www", hooks), "scripts/after.sh": hook_script(after)}
+        s3_client.put_object(Bucket=bucket, Key=KEY, Body=zip_bytes({**files, "app/index.html": tag}))
+
+    put("v1")
+    if command == "rollback":  # two releases on disk, then the rollback's AfterInstall hangs
+        assert cli("deploy", "Web", *args).returncode == 0
+        put("v2")
+        assert cli("deploy", "Web", *args).returncode == 0
+    gate.touch()
+    argv = [
+        sys.executable,
+        "-m",
+        "s3deploy",
+        *command.split(),
+        *(("Web",) if command != "run --once" else ("-s", "Web")),
+        *args,
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        hook_pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60))
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, (out, err)
+    assert f"stopped by {sig.name}" in err and "Traceback" not in err
+    assert not pid_alive(hook_pid)
+    last = history(config, state_dir, "Web")[0]
+    assert last["status"] == "interrupted" and (last["restores"] is not None) is (command == "rollback")
+    assert_no_lock_held(state_dir)
+
+
+# ------------------------------------------------------------------------------ start-up cost
+def test_the_cli_loads_neither_the_s3_stack_nor_the_daemon_until_a_command_needs_them() -> None:
+    heavy = ("aioboto3", "aiobotocore", "botocore", "boto3", "aiohttp", "s3deploy.runtime.daemon",
+             "s3deploy.watcher", "s3deploy.source.s3")  # fmt: skip
+    code = f"import sys, s3deploy.cli.app; print([m for m in {heavy!r} if m in sys.modules])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -9,7 +9,6 @@ several sections share one agent start where they test independent things.
 from __future__ import annotations
 
 import grp
-import io
 import os
 import pwd
 import signal
@@ -17,7 +16,6 @@ import subprocess
 import tarfile
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,18 +26,19 @@ from s3deploy.devtools.seaweed import SeaweedServer
 from tests.agent import (
     APPSPEC_HEADER,
     DaemonProcess,
+    Entry,
     cli,
     history,
     hook_script,
     pid_alive,
     status,
+    tar_bytes,
     wait_until,
     write_config,
     zip_bytes,
 )
 
 IS_ROOT = os.geteuid() == 0
-Entry = str | bytes | tuple[str | bytes, int]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -127,44 +126,6 @@ def spec(
                 item: Mapping[str, Any] = {"location": script} if isinstance(script, str) else script
                 text += "    - " + "\n      ".join(f"{k}: {v}" for k, v in item.items()) + "\n"
     return text + extra
-
-
-def _mode_and_content(name: str, value: Entry) -> tuple[bytes, int]:
-    content, mode = value if isinstance(value, tuple) else (value, 0o755 if name.endswith(".sh") else 0o644)
-    return (content.encode() if isinstance(content, str) else content), mode
-
-
-def zip_with_links(files: Mapping[str, Entry], links: Mapping[str, str]) -> bytes:
-    """A zip of ``files`` plus Unix symlinks (path → target), as ``zip --symlinks`` writes them."""
-    buf = io.BytesIO(zip_bytes(files))
-    with zipfile.ZipFile(buf, "a") as zf:
-        for name, target in links.items():
-            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
-            info.create_system = 3
-            info.external_attr = (0o120777) << 16
-            zf.writestr(info, target)
-    return buf.getvalue()
-
-
-def tar_bytes(files: Mapping[str, Entry], links: Mapping[str, str] = {}, *, gzip: bool = False) -> bytes:  # noqa: B006
-    """A tar (or tar.gz) of ``files`` and symlinks, with folder entries as GNU tar writes them."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz" if gzip else "w") as tf:
-        folders = sorted({str(Path(n).parent) for n in [*files, *links]} - {"."})
-        for folder in folders:
-            info = tarfile.TarInfo(folder)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1_700_000_000
-            tf.addfile(info)
-        for name, value in files.items():
-            content, mode = _mode_and_content(name, value)
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(content), mode, 1_700_000_000
-            tf.addfile(info, io.BytesIO(content))
-        for name, target in links.items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, 1_700_000_000
-            tf.addfile(info)
-    return buf.getvalue()
 
 
 def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
@@ -602,7 +563,7 @@ def test_zip_tar_tgz_hoisting_symlinks_and_appspec_yaml(host: Host) -> None:
     hoisted = tree(dests["Hoisted"], "hoisted")
     host.publish(
         "Hoisted",
-        zip_with_links(
+        zip_bytes(
             {f"myapp-1.2/{n}": v for n, v in hoisted.items()}, {f"myapp-1.2/{n}": t for n, t in links.items()}
         ),
     )

@@ -391,6 +391,13 @@ def test_seed_spellings_overrides_and_json_log_file(
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert any(r.get("section") == "Settings" and "succeeded" in r["msg"] for r in records)
     assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    # Every line of the deployment, whichever module wrote it, names the section and the deployment.
+    dep_id = status(config, state_dir)["Settings"]["current"]["id"]
+    ours = [r for r in records if r.get("deployment_id") == dep_id]
+    assert {"s3deploy.deployer", "s3deploy.source.s3", "s3deploy.install.installer"} <= {
+        r["logger"] for r in ours
+    }
+    assert all(r["section"] == "Settings" for r in ours)
     assert "succeeded" in proc.stderr  # stderr is still written
 
     bad = cli(

@@ -9,51 +9,34 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.state.store import StateStore
 from tests.agent import (
     DaemonProcess,
     appspec,
+    assert_db_intact,
+    assert_no_lock_held,
     cli,
+    db_history,
     hook_script,
     pid_alive,
+    revisions_in,
     status,
+    tar_bytes,
     wait_until,
     write_config,
     zip_bytes,
 )
-from tests.faults import (
-    StallingProxy,
-    assert_db_intact,
-    assert_no_lock_held,
-    db_history,
-    many_files_zip,
-    revisions_in,
-    tar_bytes,
-    tar_file,
-    tar_link,
-)
+from tests.faults import StallingProxy
 from tests.s3server import Fault, FaultProxy
 
 KEY = "app/bundle.zip"
 POLL = 0.2
-
-
-@pytest.fixture
-def stalling_proxy(seaweed: SeaweedServer) -> Iterator[StallingProxy]:
-    """A proxy in front of SeaweedFS that can hold a GET body half-sent."""
-    proxy = StallingProxy(seaweed.endpoint_url)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 def keys(endpoint: str, bucket: str, **extra: Any) -> dict[str, Any]:
@@ -202,7 +185,8 @@ def _stage_bundle(dest: Path, tag: str, stage: str, tmp: Path) -> bytes:
     if stage == "download":
         files["app/big.bin"] = f"{tag}\n" + secrets.token_hex(150_000)  # does not compress
     if stage in ("unpack", "Install"):
-        return many_files_zip(files, 1500, content=f"{tag}\n")
+        many = {f"app/many/{i // 1000}/{i}": f"{tag}\n" for i in range(1500)}  # slow to unpack and install
+        return zip_bytes({**files, **many}, compression=zipfile.ZIP_STORED)
     return zip_bytes(files)
 
 
@@ -439,12 +423,13 @@ def test_bad_archives_fail_naming_the_entry_and_leave_the_installed_release_unto
 ) -> None:
     state_dir = tmp_path / "state"
     spec = b"version: 0.0\nos: linux\n"
-    escape = tar_link("app/etc", "../../../../etc")
-    hardlink = tar_link("app/pw", "/etc/passwd", hard=True)
     bad: dict[str, tuple[bytes, str]] = {
         "Bomb": (zip_bytes({"appspec.yml": spec, "app/zeros.bin": b"\0" * 3_000_000}), "app/zeros.bin"),
-        "Symlink": (tar_bytes([tar_file("appspec.yml", spec), escape]), "app/etc"),
-        "Hardlink": (tar_bytes([tar_file("appspec.yml", spec), hardlink]), "app/pw"),
+        "Symlink": (tar_bytes({"appspec.yml": spec}, {"app/etc": "../../../../etc"}, gzip=True), "app/etc"),
+        "Hardlink": (
+            tar_bytes({"appspec.yml": spec}, hardlinks={"app/pw": "/etc/passwd"}, gzip=True),
+            "app/pw",
+        ),
         "Many": (
             zip_bytes({"appspec.yml": spec, **{f"app/f{i}": "x" for i in range(60)}}),
             "exceed max_files=50",

@@ -18,6 +18,7 @@ import pytest
 
 from s3deploy.errors import HookFailed
 from s3deploy.lifecycle.hooks import RUNAS_PATH, HookResult, run_hook
+from tests.agent import pid_alive
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -40,22 +41,9 @@ def write_script(folder: Path, name: str, body: str, *, mode: int = 0o755, sheba
     return path
 
 
-def is_gone(pid: int) -> bool:
-    """True when the process no longer runs (reaped, or a zombie waiting for its new parent)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
-
-
 async def wait_gone(pid: int, timeout_s: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout_s
-    while not is_gone(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.02)
@@ -251,7 +239,7 @@ async def test_cancellation_kills_group_and_propagates(tmp_path: Path, reap_pids
     task.cancel()  # a second cancellation must not cut the cleanup short
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert is_gone(main) and await wait_gone(bg)
+    assert not pid_alive(main) and await wait_gone(bg)
 
 
 async def test_failure_kills_background_children(tmp_path: Path, reap_pids: list[int]) -> None:
@@ -279,7 +267,7 @@ async def test_background_child_holding_stdout_does_not_block(
     reap_pids.append(bg)
     assert result.exit_code == 0 and lines == ["done"]
     assert elapsed < 0.5 + 2
-    assert not is_gone(bg), "a successful hook's background processes are left running"
+    assert pid_alive(bg), "a successful hook's background processes are left running"
     assert any("still holds the hook's output" in r.getMessage() for r in caplog.records)
 
 

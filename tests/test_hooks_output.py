@@ -18,7 +18,6 @@ from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.errors import HookFailed
 from s3deploy.lifecycle.deploylog import OutputSink
 from s3deploy.lifecycle.hooks import run_hook
-from s3deploy.log import section_logger
 from s3deploy.state.layout import StateLayout
 from s3deploy.state.store import StateStore
 from tests.agent import appspec, cli, hook_script, status, write_config, zip_bytes
@@ -28,7 +27,7 @@ EVENT = "AfterInstall"
 
 
 def sink_at(path: Path, **kwargs: int) -> OutputSink:
-    sink = OutputSink(section_logger(logging.getLogger("s3deploy.deployer"), "Web"), path, **kwargs)
+    sink = OutputSink(logging.getLogger("s3deploy.deployer"), path, **kwargs)
     sink.open()
     return sink
 
@@ -155,7 +154,7 @@ async def test_a_full_disk_neither_stops_the_hook_nor_loses_a_line_of_the_agents
     logged = [r.getMessage() for r in caplog.records if r.name == "s3deploy.deployer"]
     failures = [m for m in logged if "cannot write the deployment log" in m]
     assert len(failures) == 1 and str(path) in failures[0] and "No space left on device" in failures[0]
-    assert sum(m.startswith(f"[Web] {EVENT}: ") for m in logged) == n, "every line is still logged"
+    assert sum(m.startswith(f"{EVENT}: ") for m in logged) == n, "every line is still logged"
     assert sink.text().endswith(f"{EVENT}: {n}\ns3deploy: cannot write {path}: No space left on device")
 
 

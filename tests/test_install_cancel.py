@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +22,6 @@ from s3deploy.install.cancel import InstallCancelled
 from s3deploy.install.cleanup import read_list
 from s3deploy.install.installer import install
 from s3deploy.lifecycle.pipeline import Lifecycle, LifecycleResult, Release
-from s3deploy.log import section_logger
 from tests.agent import cli, history, write_config, zip_bytes
 from tests.test_install import big_tree, make_bundle
 
@@ -88,7 +87,6 @@ def test_a_timed_out_install_is_awaited_before_the_deployment_goes_on(
         copied.append(dest)
 
     monkeypatch.setattr(copy_module, "copy_one", slow_tenth)
-    log = section_logger(logging.getLogger("test"), "prod")
     lifecycle = Lifecycle(
         section="prod",
         release=Release("d-2", bundle, load_appspec(bundle)),
@@ -98,7 +96,6 @@ def test_a_timed_out_install_is_awaited_before_the_deployment_goes_on(
         cleanup_list=cleanup_list,
         ignore_application_stop_failures=False,
         on_line=lambda event, line: None,
-        log=log,
     )
 
     async def run() -> tuple[int, LifecycleResult]:
@@ -117,19 +114,33 @@ def test_a_timed_out_install_is_awaited_before_the_deployment_goes_on(
 def test_deployment_timeout_during_a_big_install_then_rollback_leaves_only_the_previous_release(
     tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any
 ) -> None:
-    """Through the real agent: v2's Install (10,000 files) outlives deployment_timeout; the rollback to
-    v1 runs only after v2's copy stopped, so the destination holds v1's files and nothing else, exactly
-    what the cleanup list says. The timeout is a third of what installing v2 takes on this machine (so
-    it strikes mid-copy, and the rollback, which only removes what was copied, fits in it)."""
-    tree = {f"app/{name}": "v2" for name in big_tree(100, 100)}
-    scratch = make_bundle(tmp_path / "scratch", tree, app_spec(tmp_path / "scratch-dest"))
-    started = time.monotonic()
-    install(scratch, load_appspec(scratch), default_destination=None, cleanup_list=tmp_path / "scratch.list")
-    timeout_ms = max(500, int((time.monotonic() - started) * 1000 / 3))
-
+    """Through the real agent: v2's Install (its 5,000 files copied to four folders) outlives
+    deployment_timeout; the rollback to v1 runs only after v2's copy stopped, so the destination holds
+    v1's files and nothing else, exactly what the cleanup list says. The timeout counts from the start of
+    the deployment: it is calibrated by deploying v2 once, through the same agent, into a scratch
+    section, as its download and unpack (x 1.5) plus half its Install; Install being four times the
+    unpack's work, the timeout strikes mid-copy even when this run is much slower or faster than the
+    calibration, and the rollback, which only removes what was copied, fits in what is left."""
+    tree = {f"app/{name}": "v2" for name in big_tree(50, 100)}
     bucket = make_bucket(versioned=True)
     dest, state_dir = tmp_path / "www", tmp_path / "state"
     section = {"s3_bucket": bucket, "target_file_key": "app.zip", "endpoint_url": seaweed.endpoint_url}
+
+    def four_copies(root: Path) -> str:
+        entries = "".join(f"  - source: app\n    destination: {root}/c{i}\n" for i in range(4))
+        return f"version: 0.0\nos: linux\nfiles:\n{entries}"
+
+    scratch = zip_bytes({"appspec.yml": four_copies(tmp_path / "scratch-dest"), **tree})
+    s3_client.put_object(Bucket=bucket, Key="scratch.zip", Body=scratch)
+    scratch_ini = write_config(tmp_path / "s.ini", {"Scratch": {**section, "target_file_key": "scratch.zip"}})
+    calibration = cli(
+        "run", "-s", "Scratch", "--once", "-c", str(scratch_ini), "--state-dir", str(tmp_path / "s")
+    )
+    assert calibration.returncode == 0, calibration.stderr
+    seconds = re.findall(r"DownloadBundle: (?:\d+ bytes|unpacked) in ([0-9.]+)s", calibration.stderr)
+    install_s = float(re.findall(r"Install: \d+ files in ([0-9.]+)s", calibration.stderr)[0])
+    timeout_ms = max(500, int((1.5 * sum(map(float, seconds)) + install_s / 2) * 1000))
+
     config = write_config(
         tmp_path / "config.ini", {"Production": {**section, "deployment_timeout": f"{timeout_ms}ms"}}
     )
@@ -138,7 +149,8 @@ def test_deployment_timeout_during_a_big_install_then_rollback_leaves_only_the_p
     s3_client.put_object(Bucket=bucket, Key="app.zip", Body=zip_bytes(v1))
     args = ("run", "-s", "Production", "--once", "-c", str(config), "--state-dir", str(state_dir))
     assert cli(*args).returncode == 0
-    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=zip_bytes({"appspec.yml": appspec, **tree}))
+    v2 = zip_bytes({"appspec.yml": four_copies(dest), **tree})
+    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=v2)
 
     proc = cli(*args)
     assert proc.returncode == 1, proc.stderr

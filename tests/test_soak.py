@@ -17,8 +17,19 @@ from typing import Any
 import pytest
 
 from s3deploy.devtools.seaweed import SeaweedServer
-from tests.agent import DaemonProcess, appspec, hook_script, status, wait_until, write_config, zip_bytes
-from tests.faults import assert_db_intact, assert_no_lock_held, db_history, revisions_in
+from tests.agent import (
+    DaemonProcess,
+    appspec,
+    assert_db_intact,
+    assert_no_lock_held,
+    db_history,
+    hook_script,
+    revisions_in,
+    status,
+    wait_until,
+    write_config,
+    zip_bytes,
+)
 from tests.s3server import Fault, FaultProxy
 
 KEY = "app/bundle.zip"

@@ -23,7 +23,6 @@ import pytest
 import s3deploy
 from s3deploy.errors import S3DeployError
 from s3deploy.lifecycle.deploylog import OutputSink
-from s3deploy.log import section_logger
 from s3deploy.state.layout import StateLayout
 from s3deploy.state.locks import InstanceLock, SectionLocks
 from s3deploy.state.model import INTERRUPTED_ERROR, OUTPUT_TAIL_MAX_BYTES
@@ -702,7 +701,7 @@ async def test_another_local_user_reaches_a_release_by_path_and_nothing_else(
     release = layout.create_release_dir("Web", dep.id) / "bundle" / "scripts"
     release.mkdir(parents=True)
     (release / "stop.sh").write_text("#!/bin/sh\n")
-    sink = OutputSink(section_logger(logging.getLogger("test"), "Web"), layout.log_file("Web", dep.id))
+    sink = OutputSink(logging.getLogger("test"), layout.log_file("Web", dep.id))
     sink.open()  # as a deployment writes its hook output
     sink.line("AfterInstall", "secret=hunter2")
     sink.close()

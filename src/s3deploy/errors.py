@@ -6,6 +6,8 @@ and, where it can, what is expected.
 
 from __future__ import annotations
 
+from s3deploy.common.text import bounded
+
 
 class S3DeployError(Exception):
     """Base of every error s3deploy raises on purpose."""
@@ -67,3 +69,15 @@ class HookFailed(S3DeployError):
 
 class LockBusy(S3DeployError):
     """Another s3deploy process holds a lock this one needs. The CLI exits 3."""
+
+
+class Interrupted(S3DeployError):
+    """A one-shot command was stopped by a signal; its deployment was stopped and recorded. Exit 1."""
+
+
+def describe(error: BaseException) -> str:
+    """An error as stored and shown: ours as they are, any other with its type and a bounded message (a
+    bug or an unforeseen input must still say what happened, briefly, and never as a traceback)."""
+    if isinstance(error, S3DeployError):
+        return str(error)
+    return f"{type(error).__name__}: {bounded(error, 500)}"

@@ -26,10 +26,6 @@ class Notifier:
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and (not pid or pid == str(os.getpid())) else 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
-
     def send(self, **fields: str | int) -> bool:
         """Send ``KEY=value`` lines (keys upper-cased); True when the datagram went out."""
         if not self.address:

@@ -7,13 +7,15 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3deploy.appspec import BundleCheck, inspect_bundle
 from s3deploy.bundle.extract import unpack
 from s3deploy.bundle.pack import make_zip
 from s3deploy.errors import AppSpecError, BundleError
-from s3deploy.source.s3 import Endpoint, ProgressCallback, S3Pool
+
+if TYPE_CHECKING:
+    from s3deploy.source.s3 import Endpoint, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,8 @@ async def publish_bundle(
         if dry_run:
             return Published(bucket, key, entries, size, dry_run=True)
         callback: ProgressCallback | None = progress(f"s3://{bucket}/{key}", size) if progress else None
+        from s3deploy.source.s3 import S3Pool  # `validate` (check_path) never loads the S3 stack
+
         async with S3Pool() as pool:
             rev = await pool.upload(endpoint, bucket, key, archive, callback)
     return Published(

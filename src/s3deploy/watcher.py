@@ -15,10 +15,12 @@ from collections.abc import Sequence
 
 from s3deploy.common.backoff import backoff_delay
 from s3deploy.config import Section
-from s3deploy.deployer import Agent, Deployer, recover_interrupted
+from s3deploy.deployer import Deployer
 from s3deploy.detection import Decision, decide
-from s3deploy.errors import S3DeployError, SourceError
-from s3deploy.log import section_logger
+from s3deploy.errors import S3DeployError, SourceError, describe
+from s3deploy.log import log_context
+from s3deploy.runtime.context import AgentContext
+from s3deploy.runtime.recovery import recover_interrupted
 from s3deploy.source.s3 import Endpoint, Revision
 from s3deploy.state.store import Deployment
 
@@ -33,15 +35,14 @@ MAX_DOWNLOAD_BACKOFF_S = 900.0
 class Watcher:
     """Watches one section's S3 object and deploys it when it changes."""
 
-    def __init__(self, section: Section, agent: Agent, *, lock_names: Sequence[str] = ()) -> None:
+    def __init__(self, section: Section, ctx: AgentContext, *, lock_names: Sequence[str] = ()) -> None:
         self.section = section
-        self.agent = agent
+        self.ctx = ctx
         #: Sections locked together when this one deploys: itself and those whose destinations overlap
-        #: with it (daemon.overlapping_groups), sorted.
+        #: with it (runtime.agent.overlapping_groups), sorted.
         self.lock_names = list(lock_names) or [section.name]
         self.endpoint = Endpoint(section.profile_name, section.region, section.endpoint_url)
-        self.log = section_logger(logger, section.name)
-        self.deployer = Deployer(section, agent, self.endpoint)
+        self.deployer = Deployer(section, ctx, self.endpoint)
         # Downloads failing on S3 errors while HEAD works: retried with exponential backoff, so a long
         # GET-only outage adds a failed row every few minutes at most, not one per poll.
         self._download_failures = 0
@@ -52,7 +53,12 @@ class Watcher:
 
     # ------------------------------------------------------------------ polling
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set. S3 errors back off with jitter, capped at the interval."""
+        """Poll until ``stop`` is set. Errors back off with jitter, capped at the interval; none leaves
+        the loop (a bug in one poll is logged, and the next poll tries again)."""
+        with log_context(section=self.section.name):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         interval = self.section.poll_interval_s
         failures = 0
         last_error = ""
@@ -62,24 +68,26 @@ class Watcher:
                 await self.poll_once()
             except SourceError as e:
                 self._quiet = None  # the next good poll records that S3 answers again
-                if self.agent.observer is not None:
-                    self.agent.observer.polled(self.section.name, str(e))
+                if self.ctx.observer is not None:
+                    self.ctx.observer.polled(self.section.name, str(e))
                 failures += 1
                 if str(e) != last_error:
-                    self.log.warning("S3 check failed (will retry): %s", e)
+                    logger.warning("S3 check failed (will retry): %s", e)
                     last_error = str(e)
                 await asyncio.to_thread(
-                    self.agent.state.record_poll, self.section.name, identity=None, error=str(e)
+                    self.ctx.state.record_poll, self.section.name, identity=None, error=str(e)
                 )
                 delay = backoff_delay(failures, cap_s=interval)
-            except S3DeployError as e:
-                self.log.error("%s", e)
-                delay = interval
+            except Exception as e:
+                self._quiet = None
+                failures += 1
+                logger.error("%s", describe(e), exc_info=logger.isEnabledFor(logging.DEBUG))
+                delay = backoff_delay(failures, cap_s=interval)
             else:
-                if self.agent.observer is not None:
-                    self.agent.observer.polled(self.section.name, None)
+                if self.ctx.observer is not None:
+                    self.ctx.observer.polled(self.section.name, None)
                 if failures:
-                    self.log.info("S3 reachable again after %d failed checks", failures)
+                    logger.info("S3 reachable again after %d failed checks", failures)
                 failures, last_error = 0, ""
                 delay = max(0.0, interval - (time.monotonic() - started))
             try:
@@ -89,17 +97,21 @@ class Watcher:
 
     async def poll_once(self, *, force: bool = False) -> Deployment | None:
         """One check: HEAD (or a shared LIST), deploy if it changed. Returns the deployment made, if any."""
+        with log_context(section=self.section.name):
+            return await self._poll_once(force)
+
+    async def _poll_once(self, force: bool) -> Deployment | None:
         sec = self.section
-        rev = await self.agent.pool.poll(self.endpoint, sec.s3_bucket, sec.target_file_key)
-        if not force and self._quiet == (rev.identity, await self.agent.state_token()):
+        rev = await self.ctx.pool.poll(self.endpoint, sec.s3_bucket, sec.target_file_key)
+        if not force and self._quiet == (rev.identity, await self.ctx.state_token()):
             if time.monotonic() < self._quiet_until:
                 return None  # same object, same state: the same decision as last time
-        state = self.agent.state
+        state = self.ctx.state
         await asyncio.to_thread(state.record_poll, sec.name, identity=rev.identity, error=None)
         self._quiet = None
         record = await asyncio.to_thread(state.get_section, sec.name)
         if record.suspended and not force:
-            self.log.debug("suspended: not deploying %s", rev.identity)
+            logger.debug("suspended: not deploying %s", rev.identity)
             return await self._stay_quiet(rev, None)
         if not force:
             decision = await self._decide(rev)
@@ -107,7 +119,7 @@ class Watcher:
                 return await self._stay_quiet(rev, await self._resume_rollback())
             if decision.retry and time.monotonic() < self._download_retry_at:
                 return None
-        async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
+        async with self.ctx.locks.hold(self.lock_names, wait=self.ctx.lock_wait):
             # Holding the section's flock, nothing else deploys it: a "running" row is a dead process's.
             await asyncio.to_thread(recover_interrupted, state, [sec.name])
             # Another process (a one-shot `deploy`) may have deployed it while we waited for the lock.
@@ -123,7 +135,7 @@ class Watcher:
                 jitter=False,
             )
             self._download_retry_at = time.monotonic() + backoff
-            self.log.warning("download will be retried in %.0fs", backoff)
+            logger.warning("download will be retried in %.0fs", backoff)
         else:
             self._download_failures = 0
         return done
@@ -131,17 +143,17 @@ class Watcher:
     async def _stay_quiet(self, rev: Revision, done: Deployment | None) -> Deployment | None:
         """Remember a poll that had nothing to do, so the next identical one skips the database."""
         if done is None:
-            self._quiet = (rev.identity, await self.agent.state_token())
+            self._quiet = (rev.identity, await self.ctx.state_token())
             self._quiet_until = time.monotonic() + POLL_RECORD_INTERVAL_S
         return done
 
     async def _resume_rollback(self) -> Deployment | None:
         """A rollback cut short (crash, shutdown) left the host between two releases: run it again."""
-        state = self.agent.state
+        state = self.ctx.state
         last = await asyncio.to_thread(state.last_attempt, self.section.name)
         if last is None or last.restores is None or last.status not in ("interrupted", "running"):
             return None
-        async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
+        async with self.ctx.locks.hold(self.lock_names, wait=self.ctx.lock_wait):
             await asyncio.to_thread(recover_interrupted, state, [self.section.name])
             last = await asyncio.to_thread(state.last_attempt, self.section.name)
             if last is None or last.restores is None or last.status != "interrupted":
@@ -149,72 +161,39 @@ class Watcher:
             good = await asyncio.to_thread(state.get, last.restores)
             if good is None:
                 return None
-            self.log.warning(
+            logger.warning(
                 "rollback %s was interrupted: reinstalling the release of %s again", last.id, good.id
             )
-            stop_from = await self.deployer.installed_release()
+            stop_from = await self.deployer.releases.installed()
             return await self.deployer.rollback_to(good, rollback_of=last.rollback_of, stop_from=stop_from)
 
     async def _decide(self, rev: Revision, *, quiet: bool = False) -> Decision:
-        state = self.agent.state
+        state = self.ctx.state
         last = await asyncio.to_thread(state.last_revision_attempt, self.section.name)
         record = await asyncio.to_thread(state.get_section, self.section.name)
         decision = decide(rev, last, record.baseline_identity, self.section)
         if decision.baseline:
             await asyncio.to_thread(state.set_baseline, self.section.name, rev.identity)
-            self.log.info("%s %s", rev.identity, decision.reason)
+            logger.info("%s %s", rev.identity, decision.reason)
         elif decision.deploy and not quiet:
-            self.log.info("new revision %s: %s", rev.identity, decision.reason)
+            logger.info("new revision %s: %s", rev.identity, decision.reason)
         else:
-            self.log.debug("%s: %s", rev.identity, decision.reason)
+            logger.debug("%s: %s", rev.identity, decision.reason)
         return decision
 
     # ------------------------------------------------------------------ manual rollback
     async def manual_rollback(self, to: str | None = None) -> Deployment:
         """``s3deploy rollback``: reinstall the previous successful release (or ``to``) from disk."""
-        state = self.agent.state
         name = self.section.name
-        async with self.agent.locks.hold(self.lock_names, wait=self.agent.lock_wait):
-            await asyncio.to_thread(recover_interrupted, state, [name])
-            current = await asyncio.to_thread(state.current, name)
-            history = await asyncio.to_thread(state.history, name, None)
-            good = _rollback_target(name, current, history, to)
-            if not self.deployer.bundle_root(good).is_dir():
-                raise S3DeployError(
-                    f"[{name}] the release of {good.restores or good.id} is no longer on disk "
-                    f"(pruned by keep_revisions); deploy it from S3 instead"
+        with log_context(section=name):
+            async with self.ctx.locks.hold(self.lock_names, wait=self.ctx.lock_wait):
+                await asyncio.to_thread(recover_interrupted, self.ctx.state, [name])
+                current = await asyncio.to_thread(self.ctx.state.current, name)
+                good = await self.deployer.releases.rollback_target(to)
+                stop_from = await self.deployer.releases.installed()
+                done = await self.deployer.rollback_to(
+                    good, rollback_of=current.id if current else None, stop_from=stop_from
                 )
-            stop_from = await self.deployer.installed_release()
-            done = await self.deployer.rollback_to(
-                good, rollback_of=current.id if current else None, stop_from=stop_from
-            )
         if done is None:
             raise S3DeployError(f"[{name}] the release of {good.id} cannot be loaded from disk")
         return done
-
-
-def _rollback_target(
-    section: str, current: Deployment | None, history: list[Deployment], to: str | None
-) -> Deployment:
-    """The deployment whose release a manual rollback reinstalls."""
-    if to is not None:
-        for dep in history:
-            if dep.id == to:
-                if dep.status != "succeeded":
-                    raise S3DeployError(
-                        f"[{section}] {to} did not succeed ({dep.status}); pick a succeeded one "
-                        f"from `s3deploy history {section}`"
-                    )
-                return dep
-        raise S3DeployError(
-            f"[{section}] no deployment {to} in this section; see `s3deploy history {section}`"
-        )
-    if current is None:
-        raise S3DeployError(
-            f"[{section}] nothing was deployed successfully yet: there is nothing to roll back to"
-        )
-    installed = current.restores or current.id
-    for dep in history:
-        if dep.status == "succeeded" and (dep.restores or dep.id) != installed:
-            return dep
-    raise S3DeployError(f"[{section}] no earlier successful release than {installed} to roll back to")

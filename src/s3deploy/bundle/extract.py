@@ -10,6 +10,7 @@ Synchronous on purpose: async callers wrap ``unpack`` in ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import stat
@@ -26,7 +27,7 @@ from typing import IO
 
 from s3deploy.errors import BundleError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
 APPSPEC_NAMES = ("appspec.yml", "appspec.yaml")
@@ -490,7 +491,8 @@ def _extract_parallel(
                 raise
 
     with ThreadPoolExecutor(EXTRACT_THREADS, thread_name_prefix="unpack") as pool:
-        futures = [pool.submit(run, lane) for lane in lanes if lane]
+        # Each thread logs with the deployment's section and id (log.py): a copy of the context each.
+        futures = [pool.submit(contextvars.copy_context().run, run, lane) for lane in lanes if lane]
     for future in futures:
         error = future.exception()
         if error is not None:
@@ -534,7 +536,7 @@ def unpack(archive: Path, dest: Path, *, max_files: int, max_unpacked_bytes: int
             if raw_fd is not None:
                 os.close(raw_fd)
     root = _bundle_root(dest)
-    log.info(
+    logger.info(
         "unpacked %s: %d entries, %d bytes in %.2fs (root %s)",
         label,
         len(plan.entries),

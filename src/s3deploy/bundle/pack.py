@@ -17,7 +17,7 @@ from pathlib import Path
 from s3deploy.bundle.extract import CHUNK_BYTES, link_problem
 from s3deploy.errors import BundleError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -81,7 +81,7 @@ def make_zip(src_dir: Path, out_path: Path) -> int:
     except (OSError, UnicodeEncodeError) as e:
         out_path.unlink(missing_ok=True)
         raise BundleError(f"{out_path.name}: cannot write the zip of {src_dir} ({e})") from e
-    log.info("zipped %s into %s: %d entries", src_dir, out_path, len(sources))
+    logger.info("zipped %s into %s: %d entries", src_dir, out_path, len(sources))
     return len(sources)
 
 

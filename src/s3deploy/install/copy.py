@@ -10,6 +10,7 @@ modes file where the release was narrowed) and mtime, symlinks stay symlinks.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import stat
@@ -92,7 +93,8 @@ def copy_files(
         run(files)
         return
     with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="install") as pool:
-        futures = [pool.submit(run, batch) for batch in _batches(files)]
+        # Each thread logs with the deployment's section and id (log.py): a copy of the context each.
+        futures = [pool.submit(contextvars.copy_context().run, run, batch) for batch in _batches(files)]
     errors = [e for e in (f.exception() for f in futures) if e is not None]
     if errors:  # a real failure rather than the cancel it may have raced with
         raise next((e for e in errors if type(e) is InstallError), errors[0])

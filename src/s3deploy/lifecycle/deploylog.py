@@ -18,12 +18,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from s3deploy.common.files import atomic_write
 from s3deploy.common.text import printable
-from s3deploy.log import SectionAdapter
 from s3deploy.state.layout import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 
 #: The last bytes of hook output kept with the deployment (status, history).
@@ -39,7 +37,7 @@ class OutputSink:
 
     def __init__(
         self,
-        log: SectionAdapter,
+        log: logging.Logger,
         path: Path,
         *,
         max_bytes: int = LOG_MAX_BYTES,
@@ -62,8 +60,6 @@ class OutputSink:
         self._flush_scheduled = False
         self._stamp_second = -1
         self._stamp = ""
-        #: Per event: the message format and ``extra`` the adapter gives its lines.
-        self._forms: dict[str, tuple[str, Mapping[str, object] | None]] = {}
 
     def open(self) -> None:
         """Create (or append to) the log file; a failure is reported, never raised."""
@@ -93,20 +89,14 @@ class OutputSink:
             self._schedule_flush()
 
     def _log_line(self, event: str, text: str) -> None:
-        """``self.log.info("%s: %s", event, text)`` for two thirds of the cost (a hook may print millions).
-
-        The adapter's context is worked out once per event; the record is made and handled directly,
-        skipping the caller lookup (stack walk) that a hook's output line has no use for.
-        """
-        logger = self.log.logger
+        """``self.log.info("%s: %s", event, text)`` for two thirds of the cost (a hook may print millions):
+        the record is made and handled directly, skipping the caller lookup (a stack walk) that a hook's
+        output line has no use for. The handlers' context filter adds the section and deployment."""
+        logger = self.log
         if not logger.isEnabledFor(logging.INFO):
             return
-        form = self._forms.get(event)
-        if form is None:
-            msg, kwargs = self.log.process(f"{event}: %s", {})
-            form = self._forms[event] = (msg, kwargs.get("extra"))
         record = logger.makeRecord(
-            logger.name, logging.INFO, __file__, 0, form[0], (text,), None, "line", form[1]
+            logger.name, logging.INFO, __file__, 0, "%s: %s", (event, text), None, "line", {"event": event}
         )
         logger.handle(record)
 

@@ -76,7 +76,6 @@ class Lifecycle:
     cleanup_list: Path
     ignore_application_stop_failures: bool
     on_line: Callable[[str, str], None]
-    log: logging.LoggerAdapter[logging.Logger]
     #: Awaited (shielded) the moment Install has completed, before AfterInstall starts: if the process dies
     #: in a later hook, the caller still knows whose files are on disk.
     on_install_completed: Callable[[], Awaitable[None]] | None = None
@@ -91,16 +90,14 @@ class Lifecycle:
         """
         result = result if result is not None else LifecycleResult()
         if self.previous is None:
-            self.log.info("ApplicationStop: skipped, first deployment of this section")
+            logger.info("ApplicationStop: skipped, first deployment of this section")
         else:
             for event in STOP_EVENTS:
                 try:
                     await self._run_event(event, self.previous, result)
                 except S3DeployError as e:
                     if event == "ApplicationStop" and self.ignore_application_stop_failures:
-                        self.log.warning(
-                            "%s failed, ignored (ignore_application_stop_failures): %s", event, e
-                        )
+                        logger.warning("%s failed, ignored (ignore_application_stop_failures): %s", event, e)
                         continue
                     return self._failed(result, event, e)
         for event in START_EVENTS:
@@ -117,7 +114,7 @@ class Lifecycle:
     def _failed(self, result: LifecycleResult, event: str, error: S3DeployError) -> LifecycleResult:
         result.failed_event = event
         result.error = str(error)
-        self.log.error("%s failed: %s", event, error)
+        logger.error("%s failed: %s", event, error)
         return result
 
     async def _install(self, result: LifecycleResult) -> None:
@@ -140,14 +137,14 @@ class Lifecycle:
             report = await asyncio.shield(work)
         except asyncio.CancelledError:
             cancel.set()
-            self.log.warning("Install: cancelled, waiting for the copy to stop")
+            logger.warning("Install: cancelled, waiting for the copy to stop")
             while not work.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([work])
-            self.log.warning("Install: stopped (%s)", work.exception() or "it had finished")
+            logger.warning("Install: stopped (%s)", work.exception() or "it had finished")
             raise
         result.install_completed = True
-        self.log.info("Install: %d files in %.2fs", len(report.files), time.monotonic() - started)
+        logger.info("Install: %d files in %.2fs", len(report.files), time.monotonic() - started)
         if self.on_install_completed is not None:
             await asyncio.shield(self.on_install_completed())
 
@@ -156,7 +153,7 @@ class Lifecycle:
         if not scripts:
             return
         if event in TRAFFIC_EVENTS:
-            self.log.info("%s: skipped, s3deploy does not manage load balancer traffic", event)
+            logger.info("%s: skipped, s3deploy does not manage load balancer traffic", event)
             return
         result.current_event = event
         env = dict(self.env)
@@ -180,7 +177,7 @@ class Lifecycle:
             on_line=lambda line: self.on_line(event, line),
             session_file=self.hook_session_file,
         )
-        self.log.info("%s: %s succeeded in %.2fs", event, script.location, time.monotonic() - started)
+        logger.info("%s: %s succeeded in %.2fs", event, script.location, time.monotonic() - started)
 
 
 def resolve_script(bundle_root: Path, location: str, event: str) -> Path:

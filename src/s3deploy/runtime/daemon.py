@@ -1,11 +1,14 @@
 """The daemon: one watcher task per section in one TaskGroup, signals, drain then force, SIGHUP reload.
 
-Startup: take the instance lock (a second daemon on the same state directory gets LockBusy → exit 3),
-mark deployments left ``running`` by a dead process as ``interrupted``, open the shared S3 client pool.
-Main loop: wait for a signal. SIGTERM/SIGINT: stop polling, give a running deployment
-``shutdown_grace_s``, then cancel it (its hooks are killed, it is recorded ``interrupted``); a second
-signal cancels at once. SIGHUP: reload config.ini, add/remove/restart watchers; an invalid file keeps
-the old configuration.
+``serve()`` runs three phases:
+
+- startup: the Agent opens the runtime (instance lock: a second daemon on the same state directory gets
+  LockBusy → exit 3; the state; recovery of deployments a dead process left ``running``), then metrics,
+  signal handlers, one watcher per section, READY to systemd;
+- main loop: wait for a signal. SIGHUP reloads config.ini: watchers are added, removed or restarted; an
+  invalid file (or any error while reloading) keeps the old configuration;
+- shutdown (SIGTERM/SIGINT): stop polling, give a running deployment ``shutdown_grace_s``, then cancel it
+  (its hooks are killed, it is recorded ``interrupted``); a second signal cancels at once.
 """
 
 from __future__ import annotations
@@ -13,57 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from s3deploy.config import Config, Section, load_config
-from s3deploy.deployer import Agent, recover_interrupted
-from s3deploy.errors import ConfigError, LockBusy, S3DeployError, SourceError
+from s3deploy.errors import describe
 from s3deploy.metrics import Monitor
 from s3deploy.notify import Notifier
-from s3deploy.source.s3 import S3Pool
-from s3deploy.state.locks import InstanceLock, SectionLocks
-from s3deploy.state.store import Deployment, StateStore
+from s3deploy.runtime.agent import Agent, Selection
 from s3deploy.watcher import Watcher
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Selection:
-    """Which sections to run, and per-run overrides of their settings (never written back)."""
-
-    all_sections: bool = False
-    names: tuple[str, ...] = ()
-    overrides: dict[str, str] = field(default_factory=dict)
-
-    def pick(self, config: Config) -> list[Section]:
-        """The selected sections with overrides applied; ConfigError for an unknown name."""
-        if self.all_sections:
-            sections = list(config.sections.values())
-        else:
-            sections = [config.section(name) for name in self.names]
-        if self.overrides:
-            sections = [s.with_overrides(**self.overrides) for s in sections]
-        return sections
-
-
-def overlapping_groups(sections: Sequence[Section]) -> dict[str, list[str]]:
-    """For each section, the sections locked when it deploys (sorted): itself, and those whose
-    ``destination`` is the same, inside or around it."""
-    groups: dict[str, list[str]] = {}
-    for a in sections:
-        groups[a.name] = sorted(
-            b.name
-            for b in sections
-            if a.name == b.name
-            or a.destination is not None
-            and b.destination is not None
-            and (a.destination.is_relative_to(b.destination) or b.destination.is_relative_to(a.destination))
-        )
-    return groups
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass
@@ -79,6 +44,7 @@ class Daemon:
     def __init__(
         self,
         config_path: Path,
+        config: Config,
         selection: Selection,
         state_dir: Path,
         *,
@@ -86,74 +52,85 @@ class Daemon:
         metrics_port: int | None = None,
         metrics_textfile: Path | None = None,
     ) -> None:
-        self.metrics_port = metrics_port
-        self.metrics_textfile = metrics_textfile
-        self._monitor: Monitor | None = None
         self.config_path = config_path
+        self.config = config
         self.selection = selection
         self.state_dir = state_dir
         self.shutdown_grace_s = shutdown_grace_s
+        self.metrics_port = metrics_port
+        self.metrics_textfile = metrics_textfile
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._running: dict[str, _Running] = {}
         self._signals = 0
         self._notify = Notifier()
         self._shutdown = asyncio.Event()
+        self._monitor: Monitor | None = None
 
-    async def serve(self, config: Config) -> int:
-        sections = self.selection.pick(config)
-        lock = InstanceLock(self.state_dir)
-        lock.acquire()
-        try:
-            state = StateStore.open(self.state_dir)
+    async def serve(self) -> int:
+        """Startup → main loop → shutdown. LockBusy (exit 3) when another daemon holds the state."""
+        sections = self.selection.pick(self.config)
+        async with Agent(self.config, self.state_dir, exclusive=True) as agent:
+            monitor = await self.startup(agent)
             try:
-                recover_interrupted(state)  # logs each one; removes their partial release folders
-                self._monitor = Monitor(
-                    state,
-                    port=self.metrics_port,
-                    textfile=self.metrics_textfile,
-                    on_status=self._notify.status,
-                )
-                await self._monitor.start()
-                async with S3Pool() as pool:
-                    agent = Agent(
-                        self.state_dir, state, pool, SectionLocks(self.state_dir), observer=self._monitor
+                async with asyncio.TaskGroup() as tg:
+                    await self._sync_watchers(tg, agent, sections)
+                    tg.create_task(self._notify.watchdog(self._shutdown), name="watchdog")
+                    tg.create_task(monitor.run(self._shutdown), name="monitor")
+                    logger.info(
+                        "watching %d section(s): %s", len(sections), ", ".join(s.name for s in sections)
                     )
-                    return await self._main(agent, sections)
+                    self._notify.ready(monitor.status_text())
+                    await self.main_loop(tg, agent, monitor)
+                    await self.shutdown()
             finally:
-                state.close()
-        finally:
-            lock.release()
-
-    async def _main(self, agent: Agent, sections: list[Section]) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._events.put_nowait, "reload")
-        try:
-            async with asyncio.TaskGroup() as tg:
-                self._sync_watchers(tg, agent, sections)
-                tg.create_task(self._notify.watchdog(self._shutdown), name="watchdog")
-                assert self._monitor is not None
-                tg.create_task(self._monitor.run(self._shutdown), name="monitor")
-                logger.info("watching %d section(s): %s", len(sections), ", ".join(s.name for s in sections))
-                self._notify.ready(self._monitor.status_text())
-                while True:
-                    event = await self._events.get()
-                    if event == "reload":
-                        self._notify.reloading()
-                        self._reload(tg, agent)
-                        self._notify.ready(self._monitor.status_text())
-                    elif event == "stop":
-                        break
-                self._notify.stopping()
-                await self._drain()
-                self._shutdown.set()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+                loop = asyncio.get_running_loop()
+                for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
         logger.info("stopped")
         return 0
 
+    # ------------------------------------------------------------------ the three phases
+    async def startup(self, agent: Agent) -> Monitor:
+        """Metrics and signal handlers, on the runtime the agent opened."""
+        monitor = Monitor(
+            agent.state, port=self.metrics_port, textfile=self.metrics_textfile, on_status=self._notify.status
+        )
+        agent.observer = self._monitor = monitor
+        await monitor.start()
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._events.put_nowait, "reload")
+        return monitor
+
+    async def main_loop(self, tg: asyncio.TaskGroup, agent: Agent, monitor: Monitor) -> None:
+        """Handle signals until a stop signal."""
+        while (event := await self._events.get()) != "stop":
+            if event == "reload":
+                self._notify.reloading()
+                await self.reload(tg, agent)
+                self._notify.ready(monitor.status_text())
+
+    async def shutdown(self) -> None:
+        """Stop polling; give running deployments the grace, then cancel them; stop the helpers."""
+        self._notify.stopping()
+        for running in self._running.values():
+            running.stop.set()
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_s)
+            if pending:
+                logger.warning(
+                    "shutdown grace of %gs over: cancelling %d running deployment(s)",
+                    self.shutdown_grace_s,
+                    len(pending),
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+        self._shutdown.set()
+
+    # ------------------------------------------------------------------ signals and reload
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
         if self._signals == 1:
@@ -168,117 +145,61 @@ class Daemon:
             for running in self._running.values():
                 running.task.cancel()
 
-    async def _drain(self) -> None:
-        for running in self._running.values():
-            running.stop.set()
-        tasks = [r.task for r in self._running.values()]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace_s)
-        if pending:
-            logger.warning(
-                "shutdown grace of %gs over: cancelling %d running deployment(s)",
-                self.shutdown_grace_s,
-                len(pending),
-            )
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
-
-    def _reload(self, tg: asyncio.TaskGroup, agent: Agent) -> None:
+    async def reload(self, tg: asyncio.TaskGroup, agent: Agent) -> None:
+        """SIGHUP: read config.ini again and apply it; any error keeps the current configuration."""
         try:
-            config = load_config(self.config_path)
+            config = await asyncio.to_thread(load_config, self.config_path)
             sections = self.selection.pick(config)
-        except ConfigError as e:
-            logger.error("SIGHUP: %s; keeping the current configuration", e)
+        except Exception as e:
+            logger.error("SIGHUP: %s; keeping the current configuration", describe(e))
             return
         logger.info("SIGHUP: reloaded %s", self.config_path)
-        self._sync_watchers(tg, agent, sections)
+        previous, agent.config = agent.config, config
+        try:
+            await self._sync_watchers(tg, agent, sections)
+        except Exception as e:
+            agent.config = previous
+            logger.error("SIGHUP: %s; keeping the current configuration", describe(e))
 
-    def _sync_watchers(self, tg: asyncio.TaskGroup, agent: Agent, sections: list[Section]) -> None:
+    async def _sync_watchers(self, tg: asyncio.TaskGroup, agent: Agent, sections: list[Section]) -> None:
         """Start, stop or restart watchers so that exactly ``sections`` run with their current settings."""
         wanted = {s.name: s for s in sections}
-        groups = overlapping_groups(sections)
+        fresh = {
+            name: await agent.watcher(section)
+            for name, section in wanted.items()
+            if name not in self._running or self._changed(self._running[name].watcher, section, agent)
+        }
         for name, running in list(self._running.items()):
-            new = wanted.get(name)
-            if new is None or new != running.watcher.section or groups[name] != running.watcher.lock_names:
-                logger.info(
-                    "[%s] watcher %s", name, "removed" if new is None else "restarting with new settings"
-                )
-                running.stop.set()
-                del self._running[name]
-        for name, section in wanted.items():
-            if name in self._running:
+            if name in wanted and name not in fresh:
                 continue
-            watcher = Watcher(section, agent, lock_names=groups[name])
+            what = "removed" if name not in wanted else "restarting with new settings"
+            logger.info("watcher %s", what, extra={"section": name})
+            running.stop.set()
+            del self._running[name]
+        for name, watcher in fresh.items():
             stop = asyncio.Event()
             task = tg.create_task(self._supervise(watcher, stop), name=f"watcher:{name}")
             self._running[name] = _Running(watcher, stop, task)
         if self._monitor is not None:
             self._monitor.watch(wanted)
 
+    @staticmethod
+    def _changed(watcher: Watcher, section: Section, agent: Agent) -> bool:
+        return section != watcher.section or agent.lock_names(section.name) != watcher.lock_names
+
     async def _supervise(self, watcher: Watcher, stop: asyncio.Event) -> None:
-        """Run a watcher; a bug in one section is logged and retried, it never stops the others."""
+        """Run a watcher; should one ever fail (a bug), it is logged and restarted: the others go on."""
         while not stop.is_set():
             try:
                 await watcher.run(stop)
-            except Exception:
-                logger.exception("[%s] watcher crashed; restarting it", watcher.section.name)
+            except Exception as e:
+                logger.error(
+                    "watcher crashed (%s); restarting it",
+                    describe(e),
+                    extra={"section": watcher.section.name},
+                    exc_info=logger.isEnabledFor(logging.DEBUG),
+                )
                 try:
                     await asyncio.wait_for(stop.wait(), watcher.section.poll_interval_s)
                 except TimeoutError:
                     pass
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """The outcome of one section's check in ``run --once``."""
-
-    section: str
-    deployment: Deployment | None = None
-    error: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None or (
-            self.deployment is not None and self.deployment.status != "succeeded"
-        )
-
-
-async def run_once(config: Config, selection: Selection, state_dir: Path) -> list[CheckResult]:
-    """One check per selected section, deploying where needed (``run --once``). Takes the instance lock."""
-    sections = selection.pick(config)
-    lock = InstanceLock(state_dir)
-    lock.acquire()
-    try:
-        state = StateStore.open(state_dir)
-        try:
-            recover_interrupted(state)
-            async with S3Pool() as pool:
-                agent = Agent(state_dir, state, pool, SectionLocks(state_dir))
-                groups = overlapping_groups(sections)
-                watchers = [Watcher(s, agent, lock_names=groups[s.name]) for s in sections]
-                return list(await asyncio.gather(*(check(w) for w in watchers)))
-        finally:
-            state.close()
-    finally:
-        lock.release()
-
-
-async def check(watcher: Watcher, *, force: bool = False) -> CheckResult:
-    """One poll of one watcher, with its errors turned into a result (they are logged once here)."""
-    name = watcher.section.name
-    started = time.monotonic()
-    try:
-        dep = await watcher.poll_once(force=force)
-    except LockBusy:
-        raise
-    except SourceError as e:
-        watcher.log.error("S3 check failed: %s", e)
-        return CheckResult(name, error=str(e))
-    except S3DeployError as e:
-        watcher.log.error("%s", e)
-        return CheckResult(name, error=str(e))
-    if dep is None:
-        watcher.log.info("nothing to deploy (checked in %.2fs)", time.monotonic() - started)
-    return CheckResult(name, dep)
