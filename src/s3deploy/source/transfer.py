@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s3deploy.errors import SourceError
+from s3deploy.source import session
 from s3deploy.source.checksums import Checksum, Follower, Hasher, Span, crc32_combine
 
 #: Objects at least this big are fetched in parallel ranges; smaller ones in one GET.
@@ -191,7 +192,8 @@ class Download:
 
     async def _fetch(self, part: _Part, file: _SharedFd, hashers: Sequence[Hasher]) -> None:
         extra = {"Range": part.range_header} if part.ranged else {}
-        resp = await self.client.get_object(Bucket=self.bucket, Key=self.key, **self.pin, **extra)
+        async with asyncio.timeout(session.REQUEST_TIMEOUT_S):
+            resp = await self.client.get_object(Bucket=self.bucket, Key=self.key, **self.pin, **extra)
         if resp.get("ServerSideEncryption", "").startswith("aws:kms") or resp.get("SSECustomerAlgorithm"):
             self.encrypted = True
         length = int(resp.get("ContentLength", -1))
@@ -210,7 +212,7 @@ class Download:
             if pace is None or not pace.expired():
                 raise  # botocore's own read timeout: translated by the caller
             raise SourceError(
-                f"{self.where}: stalled: less than {STALL_MIN_BYTES} bytes received in "
+                f"{self.where}: stalled: less than {STALL_MIN_BYTES // 1024} KiB received in "
                 f"{STALL_WINDOW_S:g} s (got {writer.got} of {part.length} bytes{_for(part)}); "
                 "the server sends too slowly or stopped; retrying",
                 code="Stalled",
