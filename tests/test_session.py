@@ -73,6 +73,15 @@ async def test_an_invalid_last_modified_in_a_listing_is_a_clear_source_error(
     assert info.value.code == "MalformedResponse"
 
 
+async def test_a_listing_entry_without_a_key_is_a_clear_source_error(
+    pool: S3Pool, hostile: Callable[[Answerer], Endpoint]
+) -> None:
+    body = list_xml("bucket", [("a.zip", "2026-10-21T07:28:00.000Z")]).replace(b"<Key>a.zip</Key>", b"")
+    ep = hostile(lambda method, path: Answer(headers={"Content-Type": "application/xml"}, body=body))
+    with pytest.raises(SourceError, match=r"LIST s3://bucket/\* at .*: S3 listed an object without a key"):
+        await pool.list_objects(ep, "bucket")
+
+
 async def test_a_good_listing_parses_with_the_fast_parser(
     pool: S3Pool, hostile: Callable[[Answerer], Endpoint]
 ) -> None:

@@ -39,7 +39,7 @@ FOLLOW_BYTES = 4 << 20
 class Hasher(Protocol):
     """What hashlib objects offer (``update`` releases the GIL on big buffers)."""
 
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
     def digest(self) -> bytes: ...
 
@@ -159,6 +159,8 @@ class Follower:
             self._cond.notify()
 
     def run(self, fd: int) -> None:
+        buf = bytearray(FOLLOW_BYTES)  # one buffer, reused: no fresh pages to fault in per read
+        view = memoryview(buf)
         for span in self.spans:
             pos = 0
             while pos < span.length:
@@ -169,9 +171,10 @@ class Follower:
                         return
                     ready = span.written
                 while pos < ready:
-                    block = os.pread(fd, min(FOLLOW_BYTES, ready - pos), span.offset + pos)
-                    if not block:
+                    want = min(FOLLOW_BYTES, ready - pos)
+                    got = os.preadv(fd, [view[:want]], span.offset + pos)
+                    if got <= 0:
                         raise OSError(f"download file shorter than expected at byte {span.offset + pos}")
                     for hasher in self.hashers:
-                        hasher.update(block)
-                    pos += len(block)
+                        hasher.update(view[:got])
+                    pos += got

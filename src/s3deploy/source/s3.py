@@ -176,7 +176,12 @@ class S3Pool:
                 async for page in pages:
                     per_page.reschedule(loop.time() + session.REQUEST_TIMEOUT_S)
                     for item in page.get("Contents", []):
-                        found[item["Key"]] = Revision.from_response(bucket, item["Key"], item)
+                        key = item.get("Key")
+                        if not isinstance(key, str) or not key:
+                            raise SourceError(
+                                f"{where}: S3 listed an object without a key", code="MalformedResponse"
+                            )
+                        found[key] = Revision.from_response(bucket, key, item)
                     if max_objects is not None and len(found) > max_objects:
                         raise SourceError(
                             f"{where}: more than {max_objects} objects",
