@@ -251,3 +251,29 @@ def test_a_stopped_follower_returns_without_hashing_the_rest(tmp_path: Path) -> 
         assert not reader.is_alive()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("size", [300_000, 4 * PART + 5])
+async def test_an_expected_sha256_is_the_one_content_check(
+    pool: S3Pool, ep: Endpoint, s3_client: Any, make_bucket: MakeBucket, tmp_path: Path, size: int
+) -> None:
+    """A signed manifest's sha256 is the strongest check: it replaces S3's checksum, not adds to it."""
+    bucket = make_bucket()
+    data = os.urandom(size)
+    s3_client.put_object(Bucket=bucket, Key="big", Body=data)
+    rev = await pool.head(ep, bucket, "big")
+    want = hashlib.sha256(data).hexdigest()
+    wrong_crc = dataclasses.replace(rev, checksum_crc32="AAAAAA==")  # not looked at any more
+    assert await pool.download(wrong_crc, ep, tmp_path / "out", expect_sha256=want.upper()) == want
+    assert (tmp_path / "out").read_bytes() == data
+
+    other = hashlib.sha256(b"another bundle").hexdigest()
+    with pytest.raises(
+        SourceError, match=f"checksum mismatch: content SHA256 {want} != expected {other}"
+    ) as info:
+        await pool.download(rev, ep, tmp_path / "bad", expect_sha256=other)
+    assert info.value.code == "ChecksumMismatch" and info.value.retryable
+
+    with pytest.raises(SourceError, match="is not 64 hex digits") as info:
+        await pool.download(rev, ep, tmp_path / "bad", expect_sha256="12ab")
+    assert info.value.code == "InvalidRequest" and not info.value.retryable

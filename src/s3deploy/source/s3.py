@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 #: AWS's limit on user metadata: the UTF-8 bytes of every key and value, summed.
 METADATA_MAX_BYTES = 2048
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -225,6 +226,7 @@ class S3Pool:
         progress: ProgressCallback | None = None,
         *,
         sha256: bool = False,
+        expect_sha256: str | None = None,
     ) -> str | None:
         """Fetch exactly ``rev`` into ``dest`` (created or truncated) and verify size and checksum.
 
@@ -232,9 +234,18 @@ class S3Pool:
         RevisionChanged instead of mixing revisions. Objects from ``transfer.RANGED_MIN_BYTES`` up are
         fetched in parallel ranges (see :mod:`s3deploy.source.transfer`). ``progress`` gets the byte count of
         each written block. With ``sha256``, returns the hex SHA-256 of the bytes written, computed while
-        they are written (no second pass); else None. On any error ``dest`` may hold partial data; the
-        caller removes it.
+        they are written (no second pass); else None. With ``expect_sha256`` (hex, e.g. from a signed
+        manifest) the content is verified against it instead of S3's own checksum (one check is enough,
+        and this one is the strongest): a mismatch raises SourceError(code="ChecksumMismatch"), retryable
+        like any corrupt download; telling corruption in transit from a body that never matched is the
+        caller's call. On any error ``dest`` may hold partial data; the caller removes it.
         """
+        if expect_sha256 is not None and not _SHA256_HEX.fullmatch(expect_sha256):
+            raise SourceError(
+                f"GET {rev.url}: expected SHA-256 {bounded(repr(expect_sha256), 80)} is not 64 hex digits",
+                code="InvalidRequest",
+                retryable=False,
+            )
         client = await self.client(ep)
         pin = {"VersionId": rev.version_id} if rev.version_id else {"IfMatch": f'"{rev.etag}"'}
         started = time.monotonic()
@@ -245,10 +256,10 @@ class S3Pool:
             pin=pin,
             size=rev.size,
             path=str(dest),
-            checksum=checksum_for(rev),
+            checksum=checksum_for(rev, expect_sha256),
             where=f"GET {rev.url} at {ep.describe()}",
             progress=progress,
-            sha256=sha256,
+            sha256=sha256 or expect_sha256 is not None,
         )
         with translated("GET", ep, rev.bucket, rev.key):
             await job.run()

@@ -215,9 +215,8 @@ class Download:
             raw = hasher.digest()
         got = cs.render(raw)
         if got != cs.expected:
-            what = "ETag" if cs.name == "MD5" else "S3's"
             raise SourceError(
-                f"{self.where}: checksum mismatch: content {cs.name} {got} != {what} {cs.expected}; "
+                f"{self.where}: checksum mismatch: content {cs.name} {got} != {cs.origin} {cs.expected}; "
                 "the download is corrupt",
                 code="ChecksumMismatch",
             )
