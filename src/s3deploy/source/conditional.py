@@ -30,8 +30,9 @@ from s3deploy.errors import SourceError
 from s3deploy.source import session
 from s3deploy.source.failures import error_code, translate_error, translated
 from s3deploy.source.revision import Endpoint, Revision
-from s3deploy.source.s3 import Listing, S3Pool, check_metadata
+from s3deploy.source.s3 import Listing, S3Pool
 from s3deploy.source.timestamps import server_time
+from s3deploy.source.upload import check_metadata
 
 #: A coordination object bigger than this is refused by :meth:`ObjectStore.get` (they are a few hundred
 #: bytes; a hostile writer must not make a host read megabytes).

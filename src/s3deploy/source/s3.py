@@ -35,16 +35,13 @@ from s3deploy.source.revision import Endpoint, Revision, env_endpoint_url
 from s3deploy.source.timestamps import server_time
 from s3deploy.source.transfer import Download
 from s3deploy.source.transfer import ProgressCallback as ProgressCallback  # re-exported for callers
-from s3deploy.source.upload import put_file
+from s3deploy.source.upload import check_metadata, put_file
 
 __all__ = ["Endpoint", "Listing", "ProgressCallback", "Revision", "S3Pool", "translate_error"]
 
 logger = logging.getLogger(__name__)
 
-#: AWS's limit on user metadata: the UTF-8 bytes of every key and value, summed.
-METADATA_MAX_BYTES = 2048
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 @dataclass(frozen=True)
@@ -300,23 +297,3 @@ class S3Pool:
         rev = await self.head(ep, bucket, key)
         logger.info("uploaded %s to %s (%d bytes, etag %s)", path, rev.url, rev.size, rev.etag)
         return rev
-
-
-def check_metadata(metadata: Mapping[str, str], where: str) -> None:
-    """Refuse user metadata S3 would refuse or mangle: non-ASCII or control characters, over 2 KB."""
-    size = 0
-    for name, value in metadata.items():
-        if not _TOKEN.fullmatch(name) or not (value.isascii() and value.isprintable()):
-            raise SourceError(
-                f"{where}: user metadata {bounded(repr(name), 80)}: a name must be an HTTP token and a "
-                "value printable ASCII (anything else is not stored as sent)",
-                code="InvalidRequest",
-                retryable=False,
-            )
-        size += len(name) + len(value)
-    if size > METADATA_MAX_BYTES:
-        raise SourceError(
-            f"{where}: user metadata takes {size} bytes; S3 allows at most {METADATA_MAX_BYTES}",
-            code="InvalidRequest",
-            retryable=False,
-        )

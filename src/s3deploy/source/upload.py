@@ -12,15 +12,22 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from s3deploy.common.text import bounded
+from s3deploy.errors import SourceError
 
 #: Below this size one PutObject (a verifiable MD5 ETag); from it up, a multipart upload.
 SINGLE_PUT_MAX_BYTES = 64 * 2**20
 #: Size of each part of a multipart upload, and how many are sent at a time.
 PART_BYTES = 16 * 2**20
 PARALLEL_PARTS = 4
+#: AWS's limit on user metadata: the UTF-8 bytes of every key and value, summed.
+METADATA_MAX_BYTES = 2048
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 async def put_file(
@@ -105,3 +112,23 @@ async def _abort(client: Any, bucket: str, key: str, upload_id: str) -> None:
         await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except Exception:  # the original error is what matters; S3's lifecycle rules clean up the rest
         pass
+
+
+def check_metadata(metadata: Mapping[str, str], where: str) -> None:
+    """Refuse user metadata S3 would refuse or mangle: non-ASCII or control characters, over 2 KB."""
+    size = 0
+    for name, value in metadata.items():
+        if not _TOKEN.fullmatch(name) or not (value.isascii() and value.isprintable()):
+            raise SourceError(
+                f"{where}: user metadata {bounded(repr(name), 80)}: a name must be an HTTP token and a "
+                "value printable ASCII (anything else is not stored as sent)",
+                code="InvalidRequest",
+                retryable=False,
+            )
+        size += len(name) + len(value)
+    if size > METADATA_MAX_BYTES:
+        raise SourceError(
+            f"{where}: user metadata takes {size} bytes; S3 allows at most {METADATA_MAX_BYTES}",
+            code="InvalidRequest",
+            retryable=False,
+        )
