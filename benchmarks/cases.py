@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -73,6 +74,7 @@ print(time.perf_counter() - t)
 def b1_download(b: Bench, size: int = 512 * MiB) -> list[Row]:
     bucket = b.bucket("bench-b1")
     src = inputs.big_file(b.work / "b1.bin", size)
+    digest = _sha256_of(src)
     with open(src, "rb") as f:  # one PUT: S3 keeps an MD5 ETag and a CRC32 checksum for it
         b.client.put_object(Bucket=bucket, Key="big.bin", Body=f)
     src.unlink()
@@ -94,6 +96,12 @@ def b1_download(b: Bench, size: int = 512 * MiB) -> list[Row]:
         rss.append(res["peak_rss_mib"])
         return float(res["seconds"])
 
+    def ours_sha256() -> float:  # a signed bundle: verified against its manifest's sha256 as it lands
+        flag = f"--expect-sha256={digest}"
+        res = run_json(probe("download", b.endpoint, bucket, "big.bin", dest("sha"), flag), b.env)
+        rss.append(res["peak_rss_mib"])
+        return float(res["seconds"])
+
     def boto3_() -> float:
         cmd = [sys.executable, "-c", BOTO3_DOWNLOAD, b.endpoint, bucket, "big.bin", dest("boto3")]
         return float(subprocess.run(cmd, capture_output=True, text=True, env=b.env, check=True).stdout)
@@ -104,7 +112,7 @@ def b1_download(b: Bench, size: int = 512 * MiB) -> list[Row]:
         cmd = [curl, "-sS", "-f", "-o", dest("curl"), "-w", "%{time_total}", url]
         return float(subprocess.run(cmd, capture_output=True, text=True, env=b.env, check=True).stdout)
 
-    res = _interleaved(b.reps, {"ours": ours, "boto3": boto3_, "curl": curl_})
+    res = _interleaved(b.reps, {"ours": ours, "boto3": boto3_, "curl": curl_, "sha256": ours_sha256})
     shutil.rmtree(out)
     b.client.delete_object(Bucket=bucket, Key="big.bin")
     what = f"B1 download {size // MiB} MiB, pinned + verified"
@@ -117,10 +125,19 @@ def b1_download(b: Bench, size: int = 512 * MiB) -> list[Row]:
             1.15,
             note="" if curl else "curl not installed (apt-get install curl): baseline skipped",
         ),
+        ratio_row(f"{what} against a signed sha256, vs without", res["sha256"], res["ours"], 1.1),
     ]
     peak = max(rss)
     rows.append(Row("B1 download peak RSS", f"{peak:.0f} MiB", "—", None, "≤120 MiB", peak <= 120))
     return rows
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MiB):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- B2

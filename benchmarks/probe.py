@@ -1,7 +1,9 @@
 """What the benchmarks run in a fresh process to measure the agent: prints one JSON object.
 
-``python -m benchmarks.probe download ENDPOINT BUCKET KEY DEST``: HEAD + pinned, verified download;
-seconds (imports and client creation excluded) and the process's peak RSS (VmHWM).
+``python -m benchmarks.probe download ENDPOINT BUCKET KEY DEST [--sha256 | --expect-sha256=HEX]``: HEAD +
+pinned, verified download (``--sha256``: also the SHA-256 of the bytes written; ``--expect-sha256``:
+verified against that SHA-256 instead of S3's checksum, as a signed bundle is); seconds (imports and
+client creation excluded) and the process's peak RSS (VmHWM).
 ``python -m benchmarks.probe unpack ARCHIVE DEST``: ``bundle.unpack`` in this process.
 ``python -m benchmarks.probe deploy CONFIG STATE_DIR SECTION``: one daemon poll of SECTION (detect →
 download → unpack → install → hooks → state) with the S3 client already open, as in the daemon.
@@ -25,7 +27,7 @@ def peak_rss_mib() -> float:
     return 0.0
 
 
-async def _download(endpoint: str, bucket: str, key: str, dest: str) -> dict[str, Any]:
+async def _download(endpoint: str, bucket: str, key: str, dest: str, *flags: str) -> dict[str, Any]:
     from s3deploy.source.s3 import Endpoint, S3Pool
 
     ep = Endpoint(endpoint_url=endpoint)
@@ -33,7 +35,8 @@ async def _download(endpoint: str, bucket: str, key: str, dest: str) -> dict[str
         await pool.client(ep)
         started = time.perf_counter()
         rev = await pool.head(ep, bucket, key)
-        await pool.download(rev, ep, Path(dest))
+        expect = next((f.split("=", 1)[1] for f in flags if f.startswith("--expect-sha256=")), None)
+        await pool.download(rev, ep, Path(dest), sha256="--sha256" in flags, expect_sha256=expect)
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 

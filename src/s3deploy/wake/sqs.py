@@ -18,7 +18,7 @@ from botocore.config import Config
 
 from s3deploy.common.text import bounded
 from s3deploy.errors import S3DeployError
-from s3deploy.source.s3 import _lean_botocore_session as lean_session
+from s3deploy.source.session import lean_session
 from s3deploy.wake.address import QueueAddress
 
 #: ReceiveMessage's longest wait (SQS's maximum): one request per 20 s per queue while idle.
