@@ -20,12 +20,10 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from s3deploy.errors import SourceError
-
-if TYPE_CHECKING:
-    from s3deploy.source.s3 import Endpoint, Revision, S3Pool
+from s3deploy.source.revision import Endpoint, Revision
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +31,16 @@ logger = logging.getLogger(__name__)
 WINDOW_S = 0.2
 #: More objects than this under the common prefix: HEAD each key instead of listing.
 MAX_LISTED = 5000
+
+
+class RevisionSource(Protocol):
+    """What the lister needs from the client pool (:class:`~s3deploy.source.s3.S3Pool` is one)."""
+
+    async def head(self, ep: Endpoint, bucket: str, key: str) -> Revision: ...
+
+    async def list_objects(
+        self, ep: Endpoint, bucket: str, prefix: str = "", *, max_objects: int | None = None
+    ) -> dict[str, Revision]: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class _Seen:
 class BucketLister:
     """Coalesces the polls of every watcher of one bucket into one ListObjectsV2 per round."""
 
-    def __init__(self, pool: S3Pool, endpoint: Endpoint, bucket: str) -> None:
+    def __init__(self, pool: RevisionSource, endpoint: Endpoint, bucket: str) -> None:
         self.pool = pool
         self.endpoint = endpoint
         self.bucket = bucket

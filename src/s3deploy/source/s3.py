@@ -1,258 +1,60 @@
-"""S3 access for the watchers: HEAD, LIST, pinned streaming GET and PUT, with aioboto3.
+"""The S3 client pool: HEAD, LIST, pinned streaming GET and PUT, with aioboto3.
 
 One client per :class:`Endpoint` (profile, region, endpoint URL) is shared by every watcher that uses it,
 so a daemon with fifty sections on one account keeps one connection pool. Every botocore/aiohttp error
-is translated here into :class:`~s3deploy.errors.SourceError` naming the endpoint, bucket and key.
-
-Download verification: the size always, plus one content checksum: the S3 full-object checksum
-(CRC32, SHA256 or SHA1) when the revision carries one, else the MD5 when the ETag is a single-part MD5
-(32 hex digits, object not SSE-KMS/SSE-C encrypted). One is enough to catch corruption, and CRC32 is
-several times cheaper than MD5 on big bundles. Multipart objects without a full-object checksum are
-verified by size only: their ETag is an MD5 of part MD5s, not checkable without the part size.
+is translated (:mod:`s3deploy.source.failures`) into :class:`~s3deploy.errors.SourceError` naming the
+endpoint, bucket and key. Clients come from a lean session (:mod:`s3deploy.source.session`); downloads
+are verified as they are written (:mod:`s3deploy.source.transfer`, :mod:`s3deploy.source.checksums`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import aioboto3
-import aiohttp
 import botocore.exceptions as bce
-from aiobotocore.session import AioSession
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.loaders import JSONFileLoader, create_loader
 
-from s3deploy.errors import RevisionChanged, SourceError
+from s3deploy.common.text import bounded
+from s3deploy.errors import SourceError
+from s3deploy.source.checksums import checksum_for
+from s3deploy.source.failures import HINTS, translated
+from s3deploy.source.failures import translate_error as translate_error  # re-exported for callers
 from s3deploy.source.poller import BucketLister
-from s3deploy.source.transfer import Checksum, Download
+from s3deploy.source.revision import Endpoint, Revision, env_endpoint_url
+from s3deploy.source.session import client_config, lean_session
+from s3deploy.source.timestamps import server_time
+from s3deploy.source.transfer import Download
 from s3deploy.source.transfer import ProgressCallback as ProgressCallback  # re-exported for callers
+
+__all__ = ["Endpoint", "Listing", "ProgressCallback", "Revision", "S3Pool", "translate_error"]
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1024 * 1024
 # Below this size `upload` does one PutObject, so the ETag is the MD5 the download can verify.
 SINGLE_PUT_MAX_BYTES = 64 * 1024 * 1024
-_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+#: AWS's limit on user metadata: the UTF-8 bytes of every key and value, summed.
+METADATA_MAX_BYTES = 2048
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """Where and as whom to talk to S3. Hashable: the pool keeps one client per distinct value."""
+class Listing:
+    """The objects under a prefix (keyed by key; no VersionId, checksums or user metadata in a LIST)
+    and S3's clock when it answered (the ``Date`` of the last page)."""
 
-    profile_name: str | None = None
-    region: str | None = None
-    endpoint_url: str | None = None
-
-    def describe(self) -> str:
-        """Human name for messages: the endpoint URL (or "AWS") and the profile when set."""
-        where = self.endpoint_url or _env_endpoint_url() or "AWS"
-        return f"{where} (profile {self.profile_name})" if self.profile_name else where
-
-
-@dataclass(frozen=True)
-class Revision:
-    """One version of one object as S3 described it (HEAD or LIST)."""
-
-    bucket: str
-    key: str
-    etag: str  # without the surrounding quotes
-    last_modified: datetime  # aware, UTC
-    size: int
-    version_id: str | None = None
-    checksum_sha256: str | None = None  # base64, as S3 reports it (may end in "-N" for multipart)
-    checksum_sha1: str | None = None
-    checksum_crc32: str | None = None
-
-    @property
-    def identity(self) -> str:
-        """What "changed" means (SPEC §5): the VersionId, else ETag plus LastModified."""
-        if self.version_id:
-            return self.version_id
-        return f"{self.etag}@{self.last_modified.isoformat()}"
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    @classmethod
-    def from_response(cls, bucket: str, key: str, resp: Mapping[str, Any]) -> Revision:
-        """Build from a HeadObject response or a ListObjectsV2 ``Contents`` entry."""
-        version = resp.get("VersionId")
-        return cls(
-            bucket=bucket,
-            key=key,
-            etag=str(resp.get("ETag", "")).strip('"'),
-            last_modified=resp["LastModified"].astimezone(UTC),
-            size=int(resp.get("ContentLength", resp.get("Size", 0))),
-            # Unversioned buckets on AWS report the literal "null" version; treat it as none.
-            version_id=version if version and version != "null" else None,
-            checksum_sha256=resp.get("ChecksumSHA256"),
-            checksum_sha1=resp.get("ChecksumSHA1"),
-            checksum_crc32=resp.get("ChecksumCRC32"),
-        )
-
-
-def _env_endpoint_url() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-# S3 error code -> (what it means and what to do, retryable)
-_HINTS: dict[str, tuple[str, bool]] = {
-    "NoSuchBucket": ("the bucket does not exist; check s3_bucket, region and endpoint_url", False),
-    "NoSuchKey": ("the object does not exist; check target_file_key or publish a bundle", False),
-    "NoSuchVersion": ("that version of the object no longer exists", False),
-    "AccessDenied": ("access denied; the credentials need s3:GetObject/s3:ListBucket on it", False),
-    "AllAccessDisabled": ("access to the bucket is disabled", False),
-    "ExpiredToken": ("the credentials have expired; refresh them (aws sso login, instance role)", False),
-    "InvalidAccessKeyId": ("the access key id is not known to this endpoint; check the credentials", False),
-    "SignatureDoesNotMatch": (
-        "the secret key does not match the access key id; check the credentials",
-        False,
-    ),
-    "PermanentRedirect": ("the bucket is in another region; set region for this section", False),
-    "AuthorizationHeaderMalformed": ("wrong region for this bucket; set region for this section", False),
-    "SlowDown": ("throttled by S3 (SlowDown); retrying with backoff", True),
-    "ServiceUnavailable": ("S3 is unavailable (503); retrying with backoff", True),
-    "InternalError": ("S3 internal error (500); retrying with backoff", True),
-    "RequestTimeout": ("S3 timed out waiting for the request; retrying", True),
-    "InvalidRange": ("the object is shorter than the size its revision declared; retrying", True),
-}
-_CODE_ALIASES = {
-    "404": "NoSuchKey",
-    "NotFound": "NoSuchKey",
-    "403": "AccessDenied",
-    "Forbidden": "AccessDenied",
-    "ExpiredTokenException": "ExpiredToken",
-    "TokenRefreshRequired": "ExpiredToken",
-    "301": "PermanentRedirect",
-    "503": "ServiceUnavailable",
-    "Throttling": "SlowDown",
-    "ThrottlingException": "SlowDown",
-    "500": "InternalError",
-}
-
-# A HEAD response has no body, so S3 cannot name its error: only the status arrives. Say what it
-# usually is instead of a bare "400: Bad Request".
-_HEAD_HINTS = {
-    "400": (
-        "bad request, no detail (a HEAD response has no body); the usual causes are expired "
-        "credentials (ExpiredToken) or the wrong region for this bucket"
-    ),
-    "503": "S3 is unavailable or throttling (SlowDown looks the same on a HEAD); retrying with backoff",
-}
-
-
-def translate_error(exc: BaseException, op: str, ep: Endpoint, bucket: str, key: str = "") -> SourceError:
-    """Turn a botocore/aiohttp exception into a SourceError that names endpoint, bucket, key and a hint."""
-    where = f"{op} s3://{bucket}/{key} at {ep.describe()}"
-    if isinstance(exc, bce.ClientError):
-        err = exc.response.get("Error", {})
-        raw = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        code = _CODE_ALIASES.get(raw, raw)
-        if code in ("PreconditionFailed", "412") or status == 412:
-            return RevisionChanged(
-                f"{where}: object changed during download; will retry with the new revision"
-            )
-        hint, retryable = _HINTS.get(code, ("", status >= 500 or status in (0, 429)))
-        if op == "HEAD" and raw in _HEAD_HINTS:
-            hint = _HEAD_HINTS[raw]
-        if not hint:
-            hint = (
-                "server error; retrying with backoff"
-                if retryable
-                else (err.get("Message") or "request refused")
-            )
-        label = code if code == raw or not raw else f"{code} ({raw})"
-        return SourceError(
-            f"{where} failed: {label or status}: {hint}", code=code or str(status), retryable=retryable
-        )
-    if isinstance(exc, bce.EndpointConnectionError):
-        return SourceError(
-            f"{where} failed: cannot connect to {exc.kwargs.get('endpoint_url', ep.describe())}; "
-            "check endpoint_url and the network",
-            code="EndpointConnectionError",
-        )
-    if isinstance(exc, bce.IncompleteReadError):
-        got, want = exc.kwargs.get("actual_bytes"), exc.kwargs.get("expected_bytes")
-        return SourceError(
-            f"{where} failed: truncated: got {got} of {want} bytes; retrying", code="Truncated"
-        )
-    if isinstance(exc, bce.ConnectTimeoutError | bce.ReadTimeoutError | TimeoutError):
-        return SourceError(f"{where} failed: timed out talking to {ep.describe()}", code="Timeout")
-    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError | bce.CredentialRetrievalError):
-        return SourceError(
-            f"{where} failed: no AWS credentials found (profile_name / env / instance role): {exc}",
-            code="NoCredentials",
-            retryable=False,
-        )
-    if isinstance(exc, bce.ProfileNotFound):
-        return SourceError(
-            f"{where} failed: AWS profile {ep.profile_name!r} not found in the AWS config files",
-            code="ProfileNotFound",
-            retryable=False,
-        )
-    if isinstance(exc, bce.ParamValidationError | bce.ValidationError | bce.NoRegionError):
-        return SourceError(f"{where} failed: invalid request: {exc}", code="InvalidRequest", retryable=False)
-    if isinstance(exc, bce.ResponseStreamingError | aiohttp.ClientError | bce.HTTPClientError):
-        return SourceError(f"{where} failed: connection lost ({exc}); retrying", code="ConnectionLost")
-    return SourceError(f"{where} failed: {type(exc).__name__}: {exc}", code=type(exc).__name__)
-
-
-@contextlib.contextmanager
-def _translated(op: str, ep: Endpoint, bucket: str, key: str = "") -> Iterator[None]:
-    """Translate third-party errors raised inside the block; our own errors pass through."""
-    try:
-        yield
-    except SourceError:
-        raise
-    except (bce.BotoCoreError, bce.ClientError, aiohttp.ClientError, TimeoutError) as e:
-        raise translate_error(e, op, ep, bucket, key) from e
-
-
-class _LeanJSONFileLoader(JSONFileLoader):  # type: ignore[misc]  # botocore is untyped
-    """botocore's model loader with the API documentation emptied.
-
-    The docs are ~80% of S3's 1.2 MB service model and only ever feed docstrings; parsed, they cost the
-    idle daemon several MiB (benchmark B3). Plain dicts instead of OrderedDict: ordered all the same.
-    """
-
-    def _load_file(self, full_path: str, open_method: Any) -> Any:
-        if not os.path.isfile(full_path):
-            return None
-        with open_method(full_path, "rb") as fp:
-            payload = fp.read().decode("utf-8")
-        return json.loads(payload, object_pairs_hook=_without_docs)
-
-
-def _without_docs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Emptied, not dropped: some botocore code indexes ["documentation"].
-    return {k: "" if k in _DOC_KEYS else v for k, v in pairs}
-
-
-_DOC_KEYS = frozenset({"documentation", "documentationUrl"})
-
-
-def _lean_botocore_session(profile_name: str | None) -> AioSession:
-    """A botocore session with the lean model loader (raises ProfileNotFound for an unknown profile)."""
-    session = AioSession(profile=profile_name)
-    loader = create_loader(session.get_config_variable("data_path"))
-    loader.file_loader = _LeanJSONFileLoader()
-    session.register_component("data_loader", loader)
-    return session
+    objects: dict[str, Revision]
+    server_time: datetime
 
 
 class S3Pool:
@@ -296,8 +98,9 @@ class S3Pool:
 
     async def _create(self, ep: Endpoint) -> Any:
         try:
-            botocore_session = _lean_botocore_session(ep.profile_name)
-            session = aioboto3.Session(botocore_session=botocore_session, profile_name=ep.profile_name)
+            session = aioboto3.Session(
+                botocore_session=lean_session(ep.profile_name), profile_name=ep.profile_name
+            )
         except bce.ProfileNotFound as e:
             raise SourceError(
                 f"AWS profile {ep.profile_name!r} not found in the AWS config files "
@@ -305,30 +108,22 @@ class S3Pool:
                 code="ProfileNotFound",
                 retryable=False,
             ) from e
-        url = ep.endpoint_url or _env_endpoint_url()
+        url = ep.endpoint_url or env_endpoint_url()
         region = ep.region or session.region_name
         if region is None and url:
             region = "us-east-1"  # S3-compatible servers ignore it, but SigV4 needs one
-        config = Config(
-            # botocore counts "max_attempts" as retries; total_max_attempts=3 is three tries in all.
-            retries={"mode": "standard", "total_max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=30,
-            max_pool_connections=32,
-            s3={"addressing_style": "path"} if url else None,
-            # download() verifies checksums itself, against the revision it was pinned to.
-            response_checksum_validation="when_required",
-        )
         logger.debug("creating S3 client for %s (region %s)", ep.describe(), region)
         return await self._stack.enter_async_context(
-            session.client("s3", region_name=region, endpoint_url=ep.endpoint_url, config=config)
+            session.client(
+                "s3", region_name=region, endpoint_url=ep.endpoint_url, config=client_config(bool(url))
+            )
         )
 
     async def head(self, ep: Endpoint, bucket: str, key: str) -> Revision:
-        """HEAD the object (with its S3 checksum) and describe the current revision."""
+        """HEAD the object (with its S3 checksum and user metadata) and describe the current revision."""
         client = await self.client(ep)
         try:
-            with _translated("HEAD", ep, bucket, key):
+            with translated("HEAD", ep, bucket, key):
                 resp = await client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except SourceError as e:
             if e.code == "NoSuchKey":
@@ -339,17 +134,48 @@ class S3Pool:
 
     async def _check_bucket(self, client: Any, ep: Endpoint, bucket: str, key: str) -> None:
         try:
-            with _translated("HEAD bucket", ep, bucket):
+            with translated("HEAD bucket", ep, bucket):
                 await client.head_bucket(Bucket=bucket)
         except SourceError as e:
             if e.code == "NoSuchKey":  # 404 on the bucket
                 raise SourceError(
                     f"HEAD s3://{bucket}/{key} at {ep.describe()} failed: NoSuchBucket: "
-                    f"{_HINTS['NoSuchBucket'][0]}",
+                    f"{HINTS['NoSuchBucket'][0]}",
                     code="NoSuchBucket",
                     retryable=False,
                 ) from e
             # Any other answer about the bucket tells nothing new: the original 404 stands.
+
+    async def listing(
+        self,
+        ep: Endpoint,
+        bucket: str,
+        prefix: str = "",
+        *,
+        page_size: int = 1000,
+        max_objects: int | None = None,
+    ) -> Listing:
+        """List every object under ``prefix`` (one paginated ListObjectsV2), with S3's clock.
+
+        The listing has no VersionId, checksums or user metadata: callers HEAD the keys they need them
+        for. More than ``max_objects`` objects raise SourceError(code="TooManyObjects") without listing on.
+        """
+        client = await self.client(ep)
+        found: dict[str, Revision] = {}
+        page: Mapping[str, Any] = {}
+        where = f"LIST s3://{bucket}/{prefix}* at {ep.describe()}"
+        with translated("LIST", ep, bucket, prefix):
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+            )
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    found[item["Key"]] = Revision.from_response(bucket, item["Key"], item)
+                if max_objects is not None and len(found) > max_objects:
+                    raise SourceError(
+                        f"{where}: more than {max_objects} objects", code="TooManyObjects", retryable=False
+                    )
+        return Listing(found, server_time(page, where))
 
     async def list_objects(
         self,
@@ -360,27 +186,9 @@ class S3Pool:
         page_size: int = 1000,
         max_objects: int | None = None,
     ) -> dict[str, Revision]:
-        """List every object under ``prefix`` (one paginated ListObjectsV2), keyed by object key.
-
-        The listing has no VersionId or checksums: callers HEAD the keys whose ETag/LastModified changed.
-        More than ``max_objects`` objects raise SourceError(code="TooManyObjects") without listing on.
-        """
-        client = await self.client(ep)
-        found: dict[str, Revision] = {}
-        with _translated("LIST", ep, bucket, prefix):
-            pages = client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
-            )
-            async for page in pages:
-                for item in page.get("Contents", []):
-                    found[item["Key"]] = Revision.from_response(bucket, item["Key"], item)
-                if max_objects is not None and len(found) > max_objects:
-                    raise SourceError(
-                        f"LIST s3://{bucket}/{prefix}* at {ep.describe()}: more than {max_objects} objects",
-                        code="TooManyObjects",
-                        retryable=False,
-                    )
-        return found
+        """:meth:`listing` without S3's clock: the objects under ``prefix`` keyed by object key."""
+        found = await self.listing(ep, bucket, prefix, page_size=page_size, max_objects=max_objects)
+        return found.objects
 
     async def poll(self, ep: Endpoint, bucket: str, key: str) -> Revision:
         """What a watcher's poll sees: a HEAD, or a share of one LIST for sections sharing the bucket.
@@ -397,14 +205,22 @@ class S3Pool:
         return self._listers.get((ep, bucket))
 
     async def download(
-        self, rev: Revision, ep: Endpoint, dest: Path, progress: ProgressCallback | None = None
-    ) -> None:
+        self,
+        rev: Revision,
+        ep: Endpoint,
+        dest: Path,
+        progress: ProgressCallback | None = None,
+        *,
+        sha256: bool = False,
+    ) -> str | None:
         """Fetch exactly ``rev`` into ``dest`` (created or truncated) and verify size and checksum.
 
         Every GET is pinned (VersionId, else If-Match on the ETag), so a replaced object raises
         RevisionChanged instead of mixing revisions. Objects from ``transfer.RANGED_MIN_BYTES`` up are
         fetched in parallel ranges (see :mod:`s3deploy.source.transfer`). ``progress`` gets the byte count of
-        each written block. On any error ``dest`` may hold partial data; the caller removes it.
+        each written block. With ``sha256``, returns the hex SHA-256 of the bytes written, computed while
+        they are written (no second pass); else None. On any error ``dest`` may hold partial data; the
+        caller removes it.
         """
         client = await self.client(ep)
         pin = {"VersionId": rev.version_id} if rev.version_id else {"IfMatch": f'"{rev.etag}"'}
@@ -416,11 +232,12 @@ class S3Pool:
             pin=pin,
             size=rev.size,
             path=str(dest),
-            checksum=_checksum_for(rev),
+            checksum=checksum_for(rev),
             where=f"GET {rev.url} at {ep.describe()}",
             progress=progress,
+            sha256=sha256,
         )
-        with _translated("GET", ep, rev.bucket, rev.key):
+        with translated("GET", ep, rev.bucket, rev.key):
             await job.run()
         elapsed = time.monotonic() - started
         logger.info(
@@ -432,35 +249,53 @@ class S3Pool:
             elapsed,
             rev.size / max(elapsed, 1e-6) / 2**20,
         )
+        return job.sha256_hex
 
     async def upload(
-        self, ep: Endpoint, bucket: str, key: str, path: Path, progress: ProgressCallback | None = None
+        self,
+        ep: Endpoint,
+        bucket: str,
+        key: str,
+        path: Path,
+        progress: ProgressCallback | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
     ) -> Revision:
         """Upload ``path`` to s3://bucket/key and return the revision S3 now serves (for ``publish``).
 
         Files up to 64 MiB go in one PutObject so their ETag is a verifiable MD5; bigger ones multipart.
+        ``metadata`` becomes the object's user metadata (``x-amz-meta-*``) either way; it must be printable
+        ASCII within AWS's 2 KB limit (checked here: SeaweedFS and moto do not enforce it).
         """
+        extra = {"Metadata": dict(metadata)} if metadata else {}
+        if metadata:
+            check_metadata(metadata, f"PUT s3://{bucket}/{key}")
         client = await self.client(ep)
         transfer = TransferConfig(multipart_threshold=SINGLE_PUT_MAX_BYTES, multipart_chunksize=16 * 2**20)
-        with _translated("PUT", ep, bucket, key):
-            await client.upload_file(str(path), bucket, key, Callback=progress, Config=transfer)
+        with translated("PUT", ep, bucket, key):
+            await client.upload_file(
+                str(path), bucket, key, ExtraArgs=extra, Callback=progress, Config=transfer
+            )
         rev = await self.head(ep, bucket, key)
         logger.info("uploaded %s to %s (%d bytes, etag %s)", path, rev.url, rev.size, rev.etag)
         return rev
 
 
-def _checksum_for(rev: Revision) -> Checksum:
-    """The S3 full-object checksum when there is one (CRC32 first: cheapest), else a single-part MD5 ETag.
-
-    A value ending in "-N" is a checksum of part checksums (multipart): not checkable here.
-    """
-    for name, value in (
-        ("CRC32", rev.checksum_crc32),
-        ("SHA256", rev.checksum_sha256),
-        ("SHA1", rev.checksum_sha1),
-    ):
-        if value and "-" not in value:
-            return Checksum(name, value)
-    if _MD5_ETAG.match(rev.etag):
-        return Checksum("MD5", rev.etag)
-    return Checksum(None, None)
+def check_metadata(metadata: Mapping[str, str], where: str) -> None:
+    """Refuse user metadata S3 would refuse or mangle: non-ASCII or control characters, over 2 KB."""
+    size = 0
+    for name, value in metadata.items():
+        if not _TOKEN.fullmatch(name) or not (value.isascii() and value.isprintable()):
+            raise SourceError(
+                f"{where}: user metadata {bounded(repr(name), 80)}: a name must be an HTTP token and a "
+                "value printable ASCII (anything else is not stored as sent)",
+                code="InvalidRequest",
+                retryable=False,
+            )
+        size += len(name) + len(value)
+    if size > METADATA_MAX_BYTES:
+        raise SourceError(
+            f"{where}: user metadata takes {size} bytes; S3 allows at most {METADATA_MAX_BYTES}",
+            code="InvalidRequest",
+            retryable=False,
+        )

@@ -3,17 +3,13 @@
 Big objects are split into ``PART_BYTES`` (64 MiB) ranges fetched by ``PARALLEL_PARTS`` (4) GETs, each
 pinned like the whole download (VersionId, else If-Match on the ETag), so a range of another revision
 can never be mixed in. Each range is written at its offset with ``os.pwritev`` into a file preallocated
-to the object's size, from a worker thread, while the next blocks of the range are received.
+to the object's size, from a worker thread, while the next blocks of the range are received. Content
+checks overlap the transfer (see :mod:`s3deploy.source.checksums`).
 
-Checksums, and why this design (measured on a 2-core host against SeaweedFS, 512 MiB):
-
-* CRC32 (what boto3 and most S3 servers attach by default) is computed per range, in the thread that
-  writes each block while its bytes are hot in cache, and the per-range values are combined with the
-  GF(2) matrix math of zlib's ``crc32_combine`` (zlib does not expose it to Python; the operator for a
-  range length is computed once and cached). No byte is read twice.
-* MD5 (single-part ETag), SHA256 and SHA1 cannot be combined: a hasher thread reads the file back from
-  the page cache in order, following the writers range by range (it waits for range N before reading
-  it), so hashing overlaps the download instead of following it.
+A server that stops sending fails the read after botocore's ``read_timeout``; one that trickles (a few
+bytes now and then, never silent long enough for that timeout) is caught by the pace guard: every
+``STALL_WINDOW_S`` seconds a range must bring at least ``STALL_MIN_BYTES``, else it fails as
+``Stalled``.
 
 Memory: at most two ~1 MiB blocks per range in flight, whatever the object's size.
 """
@@ -21,18 +17,17 @@ Memory: at most two ~1 MiB blocks per range in flight, whatever the object's siz
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import hashlib
 import os
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from s3deploy.errors import SourceError
+from s3deploy.source.checksums import Checksum, Follower, Hasher, Span, crc32_combine
 
 #: Objects at least this big are fetched in parallel ranges; smaller ones in one GET.
 RANGED_MIN_BYTES = 48 * 2**20
@@ -42,62 +37,18 @@ PART_BYTES = 64 * 2**20
 PARALLEL_PARTS = 4
 #: Bytes gathered from the socket before one write (and one checksum update) in a worker thread.
 WRITE_BYTES = 1 << 20
+#: A range that receives fewer than STALL_MIN_BYTES in STALL_WINDOW_S seconds has stalled.
+STALL_WINDOW_S = 30.0
+STALL_MIN_BYTES = 64 * 1024
 
 ProgressCallback = Callable[[int], None]
 
 
-# --------------------------------------------------------------------------- CRC32 combination
-def _gf2_apply(matrix: tuple[int, ...], vec: int) -> int:
-    out = 0
-    i = 0
-    while vec:
-        if vec & 1:
-            out ^= matrix[i]
-        vec >>= 1
-        i += 1
-    return out
-
-
-def _gf2_compose(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    """The operator ``a ∘ b`` (apply b, then a)."""
-    return tuple(_gf2_apply(a, col) for col in b)
-
-
-@functools.cache
-def _zeros_operator(n_bytes: int) -> tuple[int, ...]:
-    """The GF(2) operator that advances a CRC32 register over ``n_bytes`` zero bytes."""
-    # One zero bit: shift right, xor the reflected polynomial when the low bit falls out.
-    one_bit = (0xEDB88320, *(1 << k for k in range(31)))
-    step = one_bit
-    for _ in range(3):  # 8 bits: one zero byte
-        step = _gf2_compose(step, step)
-    result: tuple[int, ...] = tuple(1 << k for k in range(32))  # identity
-    n = n_bytes
-    while n:
-        if n & 1:
-            result = _gf2_compose(step, result)
-        n >>= 1
-        if n:
-            step = _gf2_compose(step, step)
-    return result
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's crc32_combine)."""
-    if len2 <= 0:
-        return crc1
-    return _gf2_apply(_zeros_operator(len2), crc1) ^ crc2
-
-
-# --------------------------------------------------------------------------- the download
 @dataclass
-class _Part:
-    offset: int
-    length: int
-    ranged: bool
+class _Part(Span):
+    ranged: bool = False
     received: int = 0
     crc: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def range_header(self) -> str:
@@ -144,27 +95,10 @@ class _SharedFd:
                 os.close(self.fd)
 
 
-class Checksum:
-    """The one content checksum a download is verified against (see the s3 module docstring)."""
-
-    def __init__(self, name: str | None, expected: str | None) -> None:
-        self.name = name  # "CRC32" | "SHA256" | "SHA1" | "MD5" | None
-        self.expected = expected  # base64 for S3 checksums, hex for MD5
-
-    @property
-    def sequential(self) -> bool:
-        return self.name in ("SHA256", "SHA1", "MD5")
-
-    def new_hash(self) -> Any:
-        assert self.name is not None
-        return hashlib.new(self.name.lower(), usedforsecurity=False)
-
-    def render(self, raw: bytes) -> str:
-        return raw.hex() if self.name == "MD5" else base64.b64encode(raw).decode()
-
-
-def _write_blocks(fd: int, blocks: list[bytes], offset: int, crc: int | None, hasher: Any) -> int | None:
-    """Write ``blocks`` at ``offset`` (one pwritev) and update the inline checksum. Runs in a thread."""
+def _write_blocks(
+    fd: int, blocks: list[bytes], offset: int, crc: int | None, hashers: Sequence[Hasher]
+) -> int | None:
+    """Write ``blocks`` at ``offset`` (one pwritev) and update the inline checksums. Runs in a thread."""
     total = sum(len(b) for b in blocks)
     done = os.pwritev(fd, blocks, offset)
     if done < total:  # short write (rare on regular files): finish it plainly
@@ -172,7 +106,7 @@ def _write_blocks(fd: int, blocks: list[bytes], offset: int, crc: int | None, ha
         while rest:
             n = os.pwrite(fd, rest, offset + done)
             rest, done = rest[n:], done + n
-    if hasher is not None:
+    for hasher in hashers:
         for b in blocks:
             hasher.update(b)
     if crc is not None:
@@ -181,36 +115,13 @@ def _write_blocks(fd: int, blocks: list[bytes], offset: int, crc: int | None, ha
     return crc
 
 
-class _Follower:
-    """Hashes the file in order, range by range, right behind the writers (sequential digests only)."""
-
-    def __init__(self, parts: list[_Part], hasher: Any) -> None:
-        self.parts = parts
-        self.hasher = hasher
-        self.abort = False
-
-    def run(self, fd: int) -> None:
-        for part in self.parts:
-            part.done.wait()
-            if self.abort:
-                return
-            pos, end = part.offset, part.offset + part.length
-            while pos < end:
-                block = os.pread(fd, min(4 * WRITE_BYTES, end - pos), pos)
-                if not block:
-                    raise OSError(f"download file shorter than expected at byte {pos}")
-                self.hasher.update(block)
-                pos += len(block)
-
-    def stop(self) -> None:
-        self.abort = True
-        for part in self.parts:
-            part.done.set()
-
-
 @dataclass
 class Download:
-    """One pinned download of ``size`` bytes into ``path``. ``run`` raises SourceError (or botocore's)."""
+    """One pinned download of ``size`` bytes into ``path``. ``run`` raises SourceError (or botocore's).
+
+    With ``sha256`` set, the SHA-256 of the bytes written is computed on the way (in order, ranges
+    included) and left in :attr:`sha256_hex`.
+    """
 
     client: Any
     bucket: str
@@ -221,37 +132,46 @@ class Download:
     checksum: Checksum
     where: str
     progress: ProgressCallback | None = None
+    sha256: bool = False
     #: Filled from the first response: server-side encryption (KMS, SSE-C) makes the ETag no MD5.
     encrypted: bool = False
     parts: list[_Part] = field(default_factory=list)
+    sha256_hex: str | None = None
+    _follower: Follower | None = None
 
     async def run(self) -> None:
         self.parts = split(self.size)
+        verify = self.checksum.new_hash() if self.checksum.sequential else None
+        extra: Hasher | None = None
+        if self.sha256:  # one hasher serves both when S3's own checksum is a SHA-256
+            extra = verify if self.checksum.name == "SHA256" else hashlib.sha256()
+        hashers: list[Hasher] = [verify] if verify is not None else []
+        if extra is not None and extra is not verify:
+            hashers.append(extra)
         file = _SharedFd(self.path)
-        follower: _Follower | None = None
         follow_task: asyncio.Future[Any] | None = None
-        inline_hasher = None
         try:
             if len(self.parts) > 1:
                 await asyncio.to_thread(file.run, _preallocate, self.size)
-            if self.checksum.sequential and len(self.parts) > 1:
-                follower = _Follower(self.parts, self.checksum.new_hash())
-                follow_task = asyncio.ensure_future(asyncio.to_thread(file.run, follower.run))
-            elif self.checksum.sequential:
-                inline_hasher = self.checksum.new_hash()
-            await self._fetch_all(file, inline_hasher)
+                if hashers:
+                    self._follower = Follower(self.parts, hashers)
+                    follow_task = asyncio.ensure_future(asyncio.to_thread(file.run, self._follower.run))
+                    hashers = []  # the follower feeds them, in order
+            await self._fetch_all(file, hashers)
             if follow_task is not None:
                 await follow_task
         finally:
-            if follower is not None:
-                follower.stop()
+            if self._follower is not None:
+                self._follower.stop()
             file.close()
-        self._verify(follower.hasher if follower is not None else inline_hasher)
+        self._verify(verify)
+        if extra is not None:
+            self.sha256_hex = extra.digest().hex()
 
-    async def _fetch_all(self, file: _SharedFd, hasher: Any) -> None:
+    async def _fetch_all(self, file: _SharedFd, hashers: Sequence[Hasher]) -> None:
         queue = deque(self.parts)
         workers = [
-            asyncio.ensure_future(self._worker(queue, file, hasher))
+            asyncio.ensure_future(self._worker(queue, file, hashers))
             for _ in range(min(PARALLEL_PARTS, len(self.parts)))
         ]
         try:
@@ -265,13 +185,11 @@ class Download:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _worker(self, queue: deque[_Part], file: _SharedFd, hasher: Any) -> None:
+    async def _worker(self, queue: deque[_Part], file: _SharedFd, hashers: Sequence[Hasher]) -> None:
         while queue:
-            part = queue.popleft()
-            await self._fetch(part, file, hasher)
-            part.done.set()
+            await self._fetch(queue.popleft(), file, hashers)
 
-    async def _fetch(self, part: _Part, file: _SharedFd, hasher: Any) -> None:
+    async def _fetch(self, part: _Part, file: _SharedFd, hashers: Sequence[Hasher]) -> None:
         extra = {"Range": part.range_header} if part.ranged else {}
         resp = await self.client.get_object(Bucket=self.bucket, Key=self.key, **self.pin, **extra)
         if resp.get("ServerSideEncryption", "").startswith("aws:kms") or resp.get("SSECustomerAlgorithm"):
@@ -283,64 +201,36 @@ class Download:
                 f"(Content-Range {resp.get('ContentRange')!r}); the server must support Range requests",
                 code="RangeNotSatisfied",
             )
-        use_crc = self.checksum.name == "CRC32"
-        # One write in flight while the next block is received; the CRC chains block to block.
-        pending: asyncio.Future[int | None] | None = None
-        pending_bytes = 0
-        blocks: list[bytes] = []
-        gathered = 0
+        writer = _PartWriter(self, part, file, hashers)
+        pace: asyncio.Timeout | None = None
         try:
-            body = resp["Body"]
-            async with body:  # releases the connection even on errors
-                while True:
-                    chunk = await body.read(WRITE_BYTES)
-                    if chunk:
-                        blocks.append(chunk)
-                        gathered += len(chunk)
-                        if part.received + gathered > part.length:
-                            break  # more than asked for: reported below
-                    if blocks and (gathered >= WRITE_BYTES or not chunk):
-                        if pending is not None:
-                            part.crc = await self._settle(pending, pending_bytes, part.crc)
-                        pending = asyncio.ensure_future(
-                            asyncio.to_thread(
-                                file.run,
-                                _write_blocks,
-                                blocks,
-                                part.offset + part.received,
-                                part.crc if use_crc else None,
-                                hasher,
-                            )
-                        )
-                        pending_bytes = gathered
-                        part.received += gathered
-                        blocks, gathered = [], 0
-                    if not chunk:
-                        break
-            if pending is not None:
-                part.crc = await self._settle(pending, pending_bytes, part.crc)
-                pending = None
-        finally:
-            if pending is not None:  # an error or a cancellation while a write was in flight
-                pending.add_done_callback(lambda f: f.cancelled() or f.exception())
-                pending.cancel()
-        got = part.received + gathered
-        if got != part.length:
-            what = "truncated" if got < part.length else "too long"
+            async with resp["Body"] as body, asyncio.timeout(STALL_WINDOW_S) as pace:
+                await _receive(body.content, writer, pace)
+        except TimeoutError as e:
+            if pace is None or not pace.expired():
+                raise  # botocore's own read timeout: translated by the caller
             raise SourceError(
-                f"{self.where}: {what}: got {got} of {part.length} bytes"
-                + (f" for {part.range_header}" if part.ranged else ""),
-                code="Truncated",
+                f"{self.where}: stalled: less than {STALL_MIN_BYTES} bytes received in "
+                f"{STALL_WINDOW_S:g} s (got {writer.got} of {part.length} bytes{_for(part)}); "
+                "the server sends too slowly or stopped; retrying",
+                code="Stalled",
+            ) from e
+        finally:
+            writer.abandon()
+        if writer.got != part.length:
+            what = "truncated" if writer.got < part.length else "too long"
+            raise SourceError(
+                f"{self.where}: {what}: got {writer.got} of {part.length} bytes{_for(part)}", code="Truncated"
             )
 
-    async def _settle(self, pending: asyncio.Future[int | None], n_bytes: int, crc: int) -> int:
-        """Wait for a block's write; report progress; return the part's CRC so far."""
-        result = await pending
+    def written(self, part: _Part, n_bytes: int) -> None:
+        """A block of ``part`` is on disk: let the follower read it; report progress."""
+        if self._follower is not None:
+            self._follower.advance(part, n_bytes)
         if self.progress is not None:
             self.progress(n_bytes)
-        return crc if result is None else result
 
-    def _verify(self, hasher: Any) -> None:
+    def _verify(self, hasher: Hasher | None) -> None:
         cs = self.checksum
         if cs.name is None or (cs.name == "MD5" and self.encrypted):
             return
@@ -350,6 +240,7 @@ class Download:
                 crc = crc32_combine(crc, part.crc, part.length)
             raw = crc.to_bytes(4, "big")
         else:
+            assert hasher is not None
             raw = hasher.digest()
         got = cs.render(raw)
         if got != cs.expected:
@@ -359,6 +250,100 @@ class Download:
                 "the download is corrupt",
                 code="ChecksumMismatch",
             )
+
+
+def _for(part: _Part) -> str:
+    return f" for {part.range_header}" if part.ranged else ""
+
+
+async def _receive(content: Any, writer: _PartWriter, pace: asyncio.Timeout) -> None:
+    """Read the body's chunks as they arrived from the socket (no joining copy) into ``writer``; every
+    STALL_MIN_BYTES received push the pace deadline STALL_WINDOW_S further."""
+    if hasattr(content, "set_read_chunk_size"):  # aiohttp >= 3.13: let up to a block buffer
+        content.set_read_chunk_size(WRITE_BYTES)
+    loop = asyncio.get_running_loop()
+    paced = 0
+    while True:
+        chunk, _ = await content.readchunk()
+        if not chunk:
+            if content.at_eof():
+                break
+            continue  # the end of an HTTP chunk (chunked encoding): no data, not the end
+        paced += len(chunk)
+        if paced >= STALL_MIN_BYTES:
+            paced = 0
+            pace.reschedule(loop.time() + STALL_WINDOW_S)
+        if not await writer.add(chunk):
+            return  # more than asked for: the caller reports it
+    await writer.flush()
+
+
+class _PartWriter:
+    """Writes one part's blocks in order: one write in flight while the next block is received; the
+    part's CRC chains block to block."""
+
+    def __init__(self, job: Download, part: _Part, file: _SharedFd, hashers: Sequence[Hasher]) -> None:
+        self.job = job
+        self.part = part
+        self.file = file
+        self.hashers = hashers
+        self.crc = job.checksum.name == "CRC32"
+        self.blocks: list[bytes] = []
+        self.gathered = 0
+        self.pending: asyncio.Future[int | None] | None = None
+        self.pending_bytes = 0
+
+    @property
+    def got(self) -> int:
+        return self.part.received + self.gathered
+
+    async def add(self, chunk: bytes) -> bool:
+        """Take a chunk; False when the part is now longer than asked for."""
+        self.blocks.append(chunk)
+        self.gathered += len(chunk)
+        if self.got > self.part.length:
+            return False
+        if self.gathered >= WRITE_BYTES:
+            await self._write()
+        return True
+
+    async def flush(self) -> None:
+        if self.blocks:
+            await self._write()
+        await self._settle()
+
+    async def _write(self) -> None:
+        await self._settle()
+        part = self.part
+        self.pending = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.file.run,
+                _write_blocks,
+                self.blocks,
+                part.offset + part.received,
+                part.crc if self.crc else None,
+                self.hashers,
+            )
+        )
+        self.pending_bytes = self.gathered
+        part.received += self.gathered
+        self.blocks, self.gathered = [], 0
+
+    async def _settle(self) -> None:
+        if self.pending is None:
+            return
+        result = await self.pending
+        self.pending = None
+        if result is not None:
+            self.part.crc = result
+        self.job.written(self.part, self.pending_bytes)
+
+    def abandon(self) -> None:
+        """After an error or a cancellation: let a write still in flight finish on its own."""
+        if self.pending is not None:
+            self.pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self.pending.cancel()
+            self.pending = None
 
 
 def _preallocate(fd: int, size: int) -> None:
