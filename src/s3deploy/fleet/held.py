@@ -22,7 +22,8 @@ from s3deploy.fleet.slots import Lease, SlotTable, safe_free
 
 logger = logging.getLogger(__name__)
 
-#: A slot counts as held by :meth:`Slot.ensure_held` only with at least this much of its lease left.
+#: A slot counts as held by :meth:`Slot.ensure_held` only with this much of its lease left (or a quarter
+#: of a short lease).
 HELD_MARGIN_S = 5.0
 #: Tries to record an outcome before the slot is left to expire instead of freed.
 _OUTCOME_TRIES = 3
@@ -75,7 +76,7 @@ class Slot:
     def ensure_held(self) -> None:
         """Raise SlotLost unless the slot is surely still this host's (call it right before deploying)."""
         left = self.lease.remaining_s(self.table.lease_s)
-        if self.lost.is_set() or left < HELD_MARGIN_S:
+        if self.lost.is_set() or left < min(HELD_MARGIN_S, self.table.lease_s / 4):
             why = "taken over" if self.lost.is_set() else f"lease not renewed, {left:.0f}s left"
             raise SlotLost(
                 f"{self.where}: slot-{self.index} may be another host's now ({why}); not deploying"
