@@ -18,6 +18,7 @@ import pytest
 
 from s3deploy.fleet.coordinator import Coordinator, HostFleet
 from s3deploy.fleet.errors import RolloutStopped, SlotLost, WaitAborted
+from s3deploy.fleet.ledger import Outcome
 from s3deploy.fleet.policy import FleetSettings, MaxConcurrent, Timing
 from s3deploy.source.revision import Endpoint, Revision
 from s3deploy.source.s3 import S3Pool
@@ -102,7 +103,7 @@ class Deployments:
         host: Coordinator,
         revision: Revision,
         *,
-        outcome: str = "succeeded",
+        outcome: Outcome = "succeeded",
         hold_s: float = 0.2,
         stop: asyncio.Event | None = None,
     ) -> str:
@@ -125,7 +126,7 @@ class Deployments:
                 await asyncio.sleep(hold_s)
                 self.inside -= 1
                 self.intervals.append((start, time.monotonic()))
-                await slot.finish(outcome, error=None if outcome == "succeeded" else "ValidateService failed")  # type: ignore[arg-type]
+                await slot.finish(outcome, error=None if outcome == "succeeded" else "ValidateService failed")
         except RolloutStopped:
             return "skipped"
         return outcome
@@ -172,7 +173,7 @@ async def test_a_share_of_a_small_fleet_is_at_least_one_host(fleet: FleetHarness
 # ---------------------------------------------------------------------------------------------- failures
 @pytest.mark.parametrize(("outcome", "max_failures", "deployed"), [("failed", 0, 1), ("rolled_back", 1, 2)])
 async def test_failures_past_max_failures_stop_the_rollout(
-    fleet: FleetHarness, outcome: str, max_failures: int, deployed: int
+    fleet: FleetHarness, outcome: Outcome, max_failures: int, deployed: int
 ) -> None:
     hosts = [fleet.host(f"web-{i}", max_concurrent="1", max_failures=max_failures) for i in range(6)]
     done = Deployments()

@@ -125,9 +125,8 @@ class Ledger:
             logger.warning("%s: rollout resumed by %s", self.where, self.ctx.host)
         return result.won
 
-    async def skip(self) -> None:
+    async def skip(self, order: StopOrder) -> None:
         """Report ``skipped`` (best effort) and raise RolloutStopped with the stop object's reason."""
-        order = await self.stop_order() or StopOrder("stopped", "unknown", ())
         try:
             error = f"rollout stopped: {order.reason}"
             await self.report("skipped", None, finished_at=now_iso(), error=error_text(error))

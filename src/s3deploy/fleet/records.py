@@ -205,7 +205,7 @@ def read_report(body: bytes, where: str, *, host: str) -> Report:
     obj = load(body, where)
     named = host_field(obj, "host", where)
     if named != host:
-        raise MalformedObject(f"{where}: names host {named!r}, but the key is {host!r}'s")
+        raise MalformedObject(f"{where}: names host {named!r}, but the key is that of {host!r}")
     state = obj.get("state")
     if state not in HOST_STATES:
         raise MalformedObject(

@@ -80,7 +80,9 @@ class Rollout:
             try:
                 view = await self.table.look()
                 if view.stop and not force:
-                    await self.ledger.skip()
+                    order = await self.ledger.stop_order()
+                    if order is not None:  # else resumed between the LIST and the GET
+                        await self.ledger.skip(order)
                 k = await self.slots_allowed(view)
                 lease = await self.table.try_take(view, k, deployment_id)
                 if lease is not None and not force:
@@ -114,7 +116,7 @@ class Rollout:
             raise
         if order is not None:
             await asyncio.shield(safe_free(self.table, lease))
-            await self.ledger.skip()
+            await self.ledger.skip(order)
 
     async def slots_allowed(self, view: ControlView | None = None, *, create: bool = True) -> int:
         """k: ``max_concurrent`` as a number, or its share of this rollout's fleet size (at least 1)."""
