@@ -40,12 +40,14 @@ class Slot:
         deployment_id: str | None,
         *,
         renew_s: float,
+        forced: bool = False,
     ) -> None:
         self.table = table
         self.ledger = ledger
         self.lease = lease
         self.deployment_id = deployment_id
         self.renew_s = renew_s
+        self.forced = forced
         self.started_at = now_iso()
         #: Set when a renewal found the slot taken over: this host no longer holds it.
         self.lost = asyncio.Event()
@@ -94,7 +96,9 @@ class Slot:
         text = None if error is None else str(error)
         for attempt in range(1, _OUTCOME_TRIES + 1):
             try:
-                await self.ledger.record_outcome(outcome, self.deployment_id, self.started_at, text)
+                await self.ledger.record_outcome(
+                    outcome, self.deployment_id, self.started_at, text, retried=self.forced
+                )
                 return
             except SourceError as e:
                 if attempt == _OUTCOME_TRIES:

@@ -57,15 +57,24 @@ class Ledger:
         await self.ctx.owned.put(self.keys.report(self.ctx.host), encode(report))
 
     async def record_outcome(
-        self, outcome: Outcome, deployment_id: str | None, started_at: str | None, error: str | None
+        self,
+        outcome: Outcome,
+        deployment_id: str | None,
+        started_at: str | None,
+        error: str | None,
+        *,
+        retried: bool = False,
     ) -> None:
-        """Report ``outcome``; a failure is counted (``failed/<host>``) and may stop the rollout."""
+        """Report ``outcome``; a failure is counted (``failed/<host>``) and may stop the rollout. A success
+        with ``retried`` (a forced redeploy: the only way a host retries a revision it failed) removes
+        this host's failure marker, so it no longer counts."""
         finished = now_iso()
         text = error_text(error) if error else None
         await self.report(outcome, deployment_id, started_at=started_at, finished_at=finished, error=text)
         failure = self.keys.failure(self.ctx.host)
         if outcome not in FAILED_STATES:
-            await self.ctx.owned.delete(failure)  # a --force success after a failure no longer counts
+            if retried:
+                await self.ctx.owned.delete(failure)
             return
         marker = Report(self.ctx.host, outcome, deployment_id, started_at, finished, None)
         await self.ctx.owned.put(failure, encode(marker))

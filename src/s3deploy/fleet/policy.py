@@ -80,7 +80,7 @@ class Timing:
     #: A slot's lease is the section's deployment_timeout plus this (SPEC §10: two minutes).
     lease_margin_s: float = 120.0
     #: The wait between two tries for a slot grows with the fleet (see :meth:`wait_s`) within these.
-    wait_min_s: float = 2.0
+    wait_min_s: float = 1.0
     wait_max_s: float = 30.0
     #: A skipped revision's stop object is looked at again at most this often.
     stop_recheck_s: float = 300.0
@@ -99,14 +99,18 @@ class Timing:
         """The holder renews its slot this often: three renewals fit in one lease."""
         return self.lease_s(deployment_timeout_s) / 3
 
-    def wait_s(self, hosts: int | None) -> float:
-        """Seconds before the next try for a slot: a fiftieth of a second per host, within
-        [wait_min_s, wait_max_s], drawn from 50-100 % of that so waiting hosts spread out.
+    def wait_s(self, hosts: int | None, waited_s: float = 0.0) -> float:
+        """Seconds before the next try for a slot, drawn from 50-100 % of a base that grows with the fleet
+        (a fiftieth of a second per host) and with the time this host has waited already (a twentieth of
+        it), within [wait_min_s, wait_max_s].
 
-        With many waiting hosts someone tries every fraction of a second anyway, so each can wait longer:
-        the LISTs of control/ grow with the fleet no faster than the fleet divided by wait_max_s.
+        With many waiting hosts someone looks every fraction of a second anyway, so each can look less
+        often; a host that has waited long is behind long deployments, and a twentieth of its wait is a
+        small share of the rollout. The LISTs of control/ thus grow with the fleet no faster than the fleet
+        divided by wait_max_s, and a freed slot stays free only a small share of a deployment.
         """
-        base = self.wait_max_s / 6 if hosts is None else hosts / 50
+        by_fleet = self.wait_max_s / 6 if hosts is None else hosts / 50
+        base = max(by_fleet, waited_s / 20)
         return min(self.wait_max_s, max(self.wait_min_s, base)) * random.uniform(0.5, 1.0)
 
 

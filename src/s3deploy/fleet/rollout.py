@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from s3deploy.common.backoff import backoff_delay
@@ -64,7 +65,7 @@ class Rollout:
         await self.ledger.report("waiting", deployment_id)
         lease = await self._acquire(stop, deployment_id, force=force)
         renew_s = self.ctx.timing.renew_s(self.ctx.settings.deployment_timeout_s)
-        held = Slot(self.table, self.ledger, lease, deployment_id, renew_s=renew_s)
+        held = Slot(self.table, self.ledger, lease, deployment_id, renew_s=renew_s, forced=force)
         try:
             held.start_renewing()
             await self.ledger.report("deploying", deployment_id, started_at=held.started_at)
@@ -74,6 +75,7 @@ class Rollout:
 
     async def _acquire(self, stop: asyncio.Event, deployment_id: str | None, *, force: bool) -> Lease:
         failures, said = 0, ""
+        began = time.monotonic()  # paces this host's own looks only; leases are judged by S3's clock
         while True:
             if stop.is_set():
                 raise WaitAborted(f"{self.where}: stopped waiting for a slot (shutting down)")
@@ -102,7 +104,8 @@ class Rollout:
                         "%s: waiting for a slot (%d of %d held)", self.where, view.held(self.lease_s), k
                     )
                 failures, said = 0, "waiting"
-                delay = self.ctx.timing.wait_s(self._size.hosts if self._size else None)
+                hosts = self._size.hosts if self._size else None
+                delay = self.ctx.timing.wait_s(hosts, time.monotonic() - began)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
