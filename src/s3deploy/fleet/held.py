@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 #: A slot counts as held by :meth:`Slot.ensure_held` only with this much of its lease left (or a quarter
 #: of a short lease).
 HELD_MARGIN_S = 5.0
+#: Releases still running after their caller was cancelled (kept referenced until they end).
+_RELEASING: set[asyncio.Task[None]] = set()
 #: Tries to record an outcome before the slot is left to expire instead of freed.
 _OUTCOME_TRIES = 3
 
@@ -146,12 +148,18 @@ class Slot:
         """Stop renewing and free the slot; shielded so that a cancelled caller still frees it."""
         if self._releaser is None:
             self._releaser = asyncio.create_task(self._release(), name=f"free slot-{self.index}")
+            _RELEASING.add(self._releaser)  # the loop keeps only weak references to tasks
+            self._releaser.add_done_callback(_RELEASING.discard)
         await asyncio.shield(self._releaser)
 
     async def _release(self) -> None:
         self._done.set()
         if self._renewer is not None:
-            await self._renewer
+            try:
+                await self._renewer
+            except Exception as e:  # a bug in renewing must not keep the slot from being freed
+                logger.error("%s: renewing slot-%d failed: %r", self.where, self.index, e)
+                logger.debug("renewal failure", exc_info=True)
         if not self._finished:
             try:
                 await self.ledger.report("waiting", self.deployment_id)

@@ -98,8 +98,8 @@ async def read_view(ctx: HostContext, rollout: Rollout) -> FleetView:
     """Read the rollout's objects into a FleetView (SourceError when S3 fails)."""
     control = await rollout.table.look()
     stop = await rollout.stop_order() if control.stop else None
-    k = await rollout.slots_allowed(control, create=False)
     size = await rollout.fleet_size(control, create=False)
+    k = ctx.settings.max_concurrent.slots(size)
     alive = await _fresh_hosts(ctx)
     reports = await _reports(ctx, rollout)
     rows = dict.fromkeys(sorted(alive | reports.keys()))
