@@ -94,6 +94,11 @@ def b1_download(b: Bench, size: int = 512 * MiB) -> list[Row]:
         rss.append(res["peak_rss_mib"])
         return float(res["seconds"])
 
+    def ours_sha256() -> float:  # what a signed bundle costs: the sha256 computed as the bytes land
+        res = run_json(probe("download", b.endpoint, bucket, "big.bin", dest("sha"), "--sha256"), b.env)
+        rss.append(res["peak_rss_mib"])
+        return float(res["seconds"])
+
     def boto3_() -> float:
         cmd = [sys.executable, "-c", BOTO3_DOWNLOAD, b.endpoint, bucket, "big.bin", dest("boto3")]
         return float(subprocess.run(cmd, capture_output=True, text=True, env=b.env, check=True).stdout)
@@ -104,7 +109,7 @@ def b1_download(b: Bench, size: int = 512 * MiB) -> list[Row]:
         cmd = [curl, "-sS", "-f", "-o", dest("curl"), "-w", "%{time_total}", url]
         return float(subprocess.run(cmd, capture_output=True, text=True, env=b.env, check=True).stdout)
 
-    res = _interleaved(b.reps, {"ours": ours, "boto3": boto3_, "curl": curl_})
+    res = _interleaved(b.reps, {"ours": ours, "boto3": boto3_, "curl": curl_, "sha256": ours_sha256})
     shutil.rmtree(out)
     b.client.delete_object(Bucket=bucket, Key="big.bin")
     what = f"B1 download {size // MiB} MiB, pinned + verified"
@@ -117,6 +122,7 @@ def b1_download(b: Bench, size: int = 512 * MiB) -> list[Row]:
             1.15,
             note="" if curl else "curl not installed (apt-get install curl): baseline skipped",
         ),
+        ratio_row(f"{what} + its sha256 (signed bundles), vs without", res["sha256"], res["ours"], 1.1),
     ]
     peak = max(rss)
     rows.append(Row("B1 download peak RSS", f"{peak:.0f} MiB", "—", None, "≤120 MiB", peak <= 120))

@@ -1,7 +1,8 @@
 """What the benchmarks run in a fresh process to measure the agent: prints one JSON object.
 
-``python -m benchmarks.probe download ENDPOINT BUCKET KEY DEST``: HEAD + pinned, verified download;
-seconds (imports and client creation excluded) and the process's peak RSS (VmHWM).
+``python -m benchmarks.probe download ENDPOINT BUCKET KEY DEST [--sha256]``: HEAD + pinned, verified
+download (with ``--sha256``, also the SHA-256 of the bytes written, as signed bundles need); seconds
+(imports and client creation excluded) and the process's peak RSS (VmHWM).
 ``python -m benchmarks.probe unpack ARCHIVE DEST``: ``bundle.unpack`` in this process.
 ``python -m benchmarks.probe deploy CONFIG STATE_DIR SECTION``: one daemon poll of SECTION (detect →
 download → unpack → install → hooks → state) with the S3 client already open, as in the daemon.
@@ -25,7 +26,7 @@ def peak_rss_mib() -> float:
     return 0.0
 
 
-async def _download(endpoint: str, bucket: str, key: str, dest: str) -> dict[str, Any]:
+async def _download(endpoint: str, bucket: str, key: str, dest: str, *flags: str) -> dict[str, Any]:
     from s3deploy.source.s3 import Endpoint, S3Pool
 
     ep = Endpoint(endpoint_url=endpoint)
@@ -33,7 +34,7 @@ async def _download(endpoint: str, bucket: str, key: str, dest: str) -> dict[str
         await pool.client(ep)
         started = time.perf_counter()
         rev = await pool.head(ep, bucket, key)
-        await pool.download(rev, ep, Path(dest))
+        await pool.download(rev, ep, Path(dest), sha256="--sha256" in flags)
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 

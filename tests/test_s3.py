@@ -16,7 +16,9 @@ import pytest
 
 from s3deploy.devtools.seaweed import free_port
 from s3deploy.errors import RevisionChanged, SourceError
+from s3deploy.source import upload
 from s3deploy.source.s3 import Endpoint, Revision, S3Pool, translate_error
+from tests.faults import Answer, HostileS3, object_headers
 from tests.s3server import Fault, FaultProxy, sync_client
 
 MakeBucket = Callable[..., str]
@@ -339,3 +341,120 @@ def test_translate_error_maps_codes_and_names_the_object() -> None:
     assert "SlowDown looks the same" in str(translate_error(err("503", 503), "HEAD", ep, "b", "k"))
     # A GET does carry the body, so its own message is kept.
     assert "bad request, no detail" not in str(translate_error(err("400", 400), "GET", ep, "b", "k"))
+
+
+async def test_a_connection_reset_is_reported_as_a_reset_not_as_cannot_connect(
+    pool: S3Pool, tmp_path: Path
+) -> None:
+    size = 200_000
+    rev = Revision("bucket", "k", "0123456789abcdef0123456789abcdef", datetime.now(UTC), size)
+
+    def reset_before_headers(method: str, path: str) -> Answer:
+        return Answer(mode="reset_before_headers")
+
+    with HostileS3(reset_before_headers) as server:
+        with pytest.raises(SourceError) as info:
+            await pool.download(rev, Endpoint(endpoint_url=server.endpoint_url), tmp_path / "out")
+    assert "cannot connect" not in str(info.value)
+    assert "connection was reset by" in str(info.value) and "s3://bucket/k" in str(info.value)
+    assert info.value.code == "ConnectionLost" and info.value.retryable
+
+    def reset_mid_body(method: str, path: str) -> Answer:
+        body = os.urandom(size)
+        return Answer(headers=object_headers(size), body=body, mode="reset_mid_body", reset_after=50_000)
+
+    with HostileS3(reset_mid_body) as server:
+        with pytest.raises(SourceError) as info:
+            await pool.download(rev, Endpoint(endpoint_url=server.endpoint_url), tmp_path / "out")
+    assert "cannot connect" not in str(info.value)
+    assert "connection lost" in str(info.value) and "s3://bucket/k" in str(info.value)
+    assert info.value.code == "ConnectionLost"
+
+
+async def test_head_exposes_user_metadata_and_a_listing_does_not(
+    pool: S3Pool, ep: Endpoint, s3_client: Any, make_bucket: MakeBucket
+) -> None:
+    bucket = make_bucket()
+    meta = {"s3deploy-manifest": "eyJ2IjogMX0=", "s3deploy-signature": "U1NIU0lH" * 40}
+    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=b"x", Metadata=meta)
+    s3_client.put_object(Bucket=bucket, Key="other.zip", Body=b"y")
+    rev = await pool.head(ep, bucket, "app.zip")
+    assert dict(rev.metadata) == meta
+    assert dict((await pool.head(ep, bucket, "other.zip")).metadata) == {}
+    listed = await pool.list_objects(ep, bucket)
+    assert dict(listed["app.zip"].metadata) == {}  # LIST carries none: HEAD when it matters
+    with pytest.raises(TypeError):
+        rev.metadata["s3deploy-serial"] = "1"  # type: ignore[index]
+    assert hash(rev) == hash(dataclasses.replace(rev))
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+async def test_upload_with_user_metadata_single_put_and_multipart(
+    pool: S3Pool,
+    ep: Endpoint,
+    make_bucket: MakeBucket,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    multipart: bool,
+) -> None:
+    if multipart:
+        monkeypatch.setattr(upload, "SINGLE_PUT_MAX_BYTES", 5 * 1024 * 1024)
+        monkeypatch.setattr(upload, "PART_BYTES", 5 * 1024 * 1024)
+    bucket = make_bucket()
+    src = tmp_path / "bundle.zip"
+    src.write_bytes(os.urandom(6 * 1024 * 1024))
+    meta = {"s3deploy-manifest": "bWFuaWZlc3Q=", "s3deploy-signature": "c2ln"}
+    rev = await pool.upload(ep, bucket, "b.zip", src, metadata=meta)
+    assert rev.etag.endswith("-2") == multipart  # 5 MiB + 1 MiB
+    assert dict(rev.metadata) == meta
+    assert dict((await pool.head(ep, bucket, "b.zip")).metadata) == meta
+    await pool.download(rev, ep, tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({"s3deploy-signature": "x" * 2100}, "takes 2118 bytes; S3 allows at most 2048"),
+        ({"note": "caf\u00e9"}, "printable ASCII"),
+        ({"note": "line\nbreak"}, "printable ASCII"),
+        ({"bad name": "x"}, "an HTTP token"),
+    ],
+)
+async def test_metadata_s3_would_refuse_or_mangle_is_refused_before_uploading(
+    pool: S3Pool,
+    ep: Endpoint,
+    make_bucket: MakeBucket,
+    tmp_path: Path,
+    metadata: dict[str, str],
+    problem: str,
+) -> None:
+    bucket = make_bucket()
+    src = tmp_path / "bundle.zip"
+    src.write_bytes(b"data")
+    with pytest.raises(SourceError, match=f"PUT s3://{bucket}/b.zip: user metadata") as info:
+        await pool.upload(ep, bucket, "b.zip", src, metadata=metadata)
+    assert problem in str(info.value) and not info.value.retryable
+    with pytest.raises(SourceError, match="NoSuchKey"):
+        await pool.head(ep, bucket, "b.zip")  # nothing was uploaded
+
+
+async def test_a_failed_multipart_upload_is_aborted(
+    pool: S3Pool,
+    s3_client: Any,
+    make_bucket: MakeBucket,
+    fault_proxy: FaultProxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(upload, "SINGLE_PUT_MAX_BYTES", 5 * 1024 * 1024)
+    monkeypatch.setattr(upload, "PART_BYTES", 5 * 1024 * 1024)
+    bucket = make_bucket()
+    src = tmp_path / "bundle.zip"
+    src.write_bytes(os.urandom(11 * 1024 * 1024))
+    fault_proxy.add(Fault("PUT", times=1, status=403, code="AccessDenied"))  # one part refused
+    ep = Endpoint(endpoint_url=fault_proxy.endpoint_url)
+    with pytest.raises(SourceError, match=f"PUT s3://{bucket}/b.zip .*AccessDenied"):
+        await pool.upload(ep, bucket, "b.zip", src, metadata={"s3deploy-serial": "1"})
+    assert fault_proxy.count("DELETE") == 1  # AbortMultipartUpload
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -39,7 +39,7 @@ FOLLOW_BYTES = 4 << 20
 class Hasher(Protocol):
     """What hashlib objects offer (``update`` releases the GIL on big buffers)."""
 
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
     def digest(self) -> bytes: ...
 
@@ -88,12 +88,14 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 
 
 # --------------------------------------------------------------------------- what to verify
+@dataclass(frozen=True)
 class Checksum:
-    """The one content checksum a download is verified against."""
+    """The one content checksum a download is verified against, and who vouches for its value."""
 
-    def __init__(self, name: str | None, expected: str | None) -> None:
-        self.name = name  # "CRC32" | "SHA256" | "SHA1" | "MD5" | None
-        self.expected = expected  # base64 for S3 checksums, hex for MD5
+    name: str | None  # "CRC32" | "SHA256" | "SHA1" | "MD5" | None (size only)
+    expected: str | None  # base64 (S3 checksums) or hex (see ``hex``)
+    origin: str = "S3's"  # for messages: "S3's", "ETag", "expected"
+    hex: bool = False
 
     @property
     def sequential(self) -> bool:
@@ -105,14 +107,18 @@ class Checksum:
         return hashlib.new(self.name.lower(), usedforsecurity=False)
 
     def render(self, raw: bytes) -> str:
-        return raw.hex() if self.name == "MD5" else base64.b64encode(raw).decode()
+        return raw.hex() if self.hex else base64.b64encode(raw).decode()
 
 
-def checksum_for(rev: Revision) -> Checksum:
-    """The S3 full-object checksum when there is one (CRC32 first: cheapest), else a single-part MD5 ETag.
+def checksum_for(rev: Revision, expect_sha256: str | None = None) -> Checksum:
+    """What to verify a download of ``rev`` against.
 
-    A value ending in "-N" is a checksum of part checksums (multipart): not checkable here.
+    A SHA-256 the caller expects (a signed manifest's) is the strongest: it alone is checked. Else the
+    S3 full-object checksum (CRC32 first: cheapest), else a single-part MD5 ETag. A value ending in "-N"
+    is a checksum of part checksums (multipart): not checkable here.
     """
+    if expect_sha256 is not None:
+        return Checksum("SHA256", expect_sha256.lower(), "expected", hex=True)
     for name, value in (
         ("CRC32", rev.checksum_crc32),
         ("SHA256", rev.checksum_sha256),
@@ -121,7 +127,7 @@ def checksum_for(rev: Revision) -> Checksum:
         if value and "-" not in value:
             return Checksum(name, value)
     if _MD5_ETAG.match(rev.etag):
-        return Checksum("MD5", rev.etag)
+        return Checksum("MD5", rev.etag, "ETag", hex=True)
     return Checksum(None, None)
 
 
@@ -159,6 +165,8 @@ class Follower:
             self._cond.notify()
 
     def run(self, fd: int) -> None:
+        buf = bytearray(FOLLOW_BYTES)  # one buffer, reused: no fresh pages to fault in per read
+        view = memoryview(buf)
         for span in self.spans:
             pos = 0
             while pos < span.length:
@@ -169,9 +177,10 @@ class Follower:
                         return
                     ready = span.written
                 while pos < ready:
-                    block = os.pread(fd, min(FOLLOW_BYTES, ready - pos), span.offset + pos)
-                    if not block:
+                    want = min(FOLLOW_BYTES, ready - pos)
+                    got = os.preadv(fd, [view[:want]], span.offset + pos)
+                    if got <= 0:
                         raise OSError(f"download file shorter than expected at byte {span.offset + pos}")
                     for hasher in self.hashers:
-                        hasher.update(block)
-                    pos += len(block)
+                        hasher.update(view[:got])
+                    pos += got

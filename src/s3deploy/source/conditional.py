@@ -27,6 +27,7 @@ from typing import Any
 import botocore.exceptions as bce
 
 from s3deploy.errors import SourceError
+from s3deploy.source import session
 from s3deploy.source.failures import error_code, translate_error, translated
 from s3deploy.source.revision import Endpoint, Revision
 from s3deploy.source.s3 import Listing, S3Pool, check_metadata
@@ -35,8 +36,6 @@ from s3deploy.source.timestamps import server_time
 #: A coordination object bigger than this is refused by :meth:`ObjectStore.get` (they are a few hundred
 #: bytes; a hostile writer must not make a host read megabytes).
 MAX_OBJECT_BYTES = 256 * 1024
-#: The whole of a small GET (headers and body) must arrive within this many seconds.
-GET_TIMEOUT_S = 30.0
 
 _LOST_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
@@ -113,7 +112,7 @@ class ObjectStore:
         client = await self.pool.client(self.endpoint)
         with translated("GET", self.endpoint, self.bucket, key):
             try:
-                async with asyncio.timeout(GET_TIMEOUT_S):
+                async with asyncio.timeout(session.REQUEST_TIMEOUT_S):
                     resp = await client.get_object(Bucket=self.bucket, Key=key)
                     async with resp["Body"] as stream:
                         if int(resp.get("ContentLength") or 0) > max_bytes:
@@ -142,7 +141,8 @@ class ObjectStore:
         client = await self.pool.client(self.endpoint)
         with translated(op, self.endpoint, self.bucket, key):
             try:
-                resp = await call(client)
+                async with asyncio.timeout(session.REQUEST_TIMEOUT_S):
+                    resp = await call(client)
             except bce.ClientError as e:
                 code, status = error_code(e)
                 if code in _LOST_CODES or status == 412 or (missing_loses and code == "NoSuchKey"):

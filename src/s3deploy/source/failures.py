@@ -113,6 +113,14 @@ def translate_error(exc: BaseException, op: str, ep: Endpoint, bucket: str, key:
         )
     if isinstance(exc, bce.ParamValidationError | bce.ValidationError | bce.NoRegionError):
         return SourceError(f"{where} failed: invalid request: {exc}", code="InvalidRequest", retryable=False)
+    cause = exc.kwargs.get("error") if isinstance(exc, bce.HTTPClientError) else exc
+    if isinstance(cause, aiohttp.ClientResponseError):  # aiohttp refused the answer: not valid HTTP
+        first_line = (str(cause.message) or str(cause)).splitlines()[0]
+        return SourceError(
+            f"{where} failed: S3 sent an invalid HTTP answer ({bounded(first_line, 160)}); "
+            "is endpoint_url an S3 server? retrying",
+            code="MalformedResponse",
+        )
     if isinstance(exc, bce.ResponseStreamingError | aiohttp.ClientError | bce.HTTPClientError):
         return SourceError(
             f"{where} failed: connection lost ({bounded(exc, 240)}); retrying", code="ConnectionLost"

@@ -94,9 +94,12 @@ class Revision:
                 metadata=MappingProxyType(dict(metadata)) if metadata else _NO_METADATA,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as e:
+            detail = (
+                f"no {e.args[0]}" if isinstance(e, KeyError) else f"{type(e).__name__}: {bounded(e, 120)}"
+            )
             raise SourceError(
-                f"s3://{bucket}/{key}: S3's description of the object is malformed "
-                f"({type(e).__name__}: {bounded(e, 120)}); expected LastModified, ETag and a size",
+                f"s3://{bucket}/{key}: S3's description of the object is malformed ({detail}); "
+                "expected LastModified, ETag and a size",
                 code="MalformedResponse",
             ) from e
 

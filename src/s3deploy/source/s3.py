@@ -23,28 +23,27 @@ from typing import Any
 
 import aioboto3
 import botocore.exceptions as bce
-from boto3.s3.transfer import TransferConfig
 
 from s3deploy.common.text import bounded
 from s3deploy.errors import SourceError
+from s3deploy.source import session
 from s3deploy.source.checksums import checksum_for
 from s3deploy.source.failures import HINTS, translated
 from s3deploy.source.failures import translate_error as translate_error  # re-exported for callers
 from s3deploy.source.poller import BucketLister
 from s3deploy.source.revision import Endpoint, Revision, env_endpoint_url
-from s3deploy.source.session import client_config, lean_session
 from s3deploy.source.timestamps import server_time
 from s3deploy.source.transfer import Download
 from s3deploy.source.transfer import ProgressCallback as ProgressCallback  # re-exported for callers
+from s3deploy.source.upload import put_file
 
 __all__ = ["Endpoint", "Listing", "ProgressCallback", "Revision", "S3Pool", "translate_error"]
 
 logger = logging.getLogger(__name__)
 
-# Below this size `upload` does one PutObject, so the ETag is the MD5 the download can verify.
-SINGLE_PUT_MAX_BYTES = 64 * 1024 * 1024
 #: AWS's limit on user metadata: the UTF-8 bytes of every key and value, summed.
 METADATA_MAX_BYTES = 2048
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -98,8 +97,8 @@ class S3Pool:
 
     async def _create(self, ep: Endpoint) -> Any:
         try:
-            session = aioboto3.Session(
-                botocore_session=lean_session(ep.profile_name), profile_name=ep.profile_name
+            boto = aioboto3.Session(
+                botocore_session=session.lean_session(ep.profile_name), profile_name=ep.profile_name
             )
         except bce.ProfileNotFound as e:
             raise SourceError(
@@ -109,13 +108,16 @@ class S3Pool:
                 retryable=False,
             ) from e
         url = ep.endpoint_url or env_endpoint_url()
-        region = ep.region or session.region_name
+        region = ep.region or boto.region_name
         if region is None and url:
             region = "us-east-1"  # S3-compatible servers ignore it, but SigV4 needs one
         logger.debug("creating S3 client for %s (region %s)", ep.describe(), region)
         return await self._stack.enter_async_context(
-            session.client(
-                "s3", region_name=region, endpoint_url=ep.endpoint_url, config=client_config(bool(url))
+            boto.client(
+                "s3",
+                region_name=region,
+                endpoint_url=ep.endpoint_url,
+                config=session.client_config(bool(url)),
             )
         )
 
@@ -124,7 +126,8 @@ class S3Pool:
         client = await self.client(ep)
         try:
             with translated("HEAD", ep, bucket, key):
-                resp = await client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+                async with asyncio.timeout(session.REQUEST_TIMEOUT_S):
+                    resp = await client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except SourceError as e:
             if e.code == "NoSuchKey":
                 # A HEAD 404 has no body: ask the bucket to tell a missing bucket from a missing key.
@@ -135,7 +138,8 @@ class S3Pool:
     async def _check_bucket(self, client: Any, ep: Endpoint, bucket: str, key: str) -> None:
         try:
             with translated("HEAD bucket", ep, bucket):
-                await client.head_bucket(Bucket=bucket)
+                async with asyncio.timeout(session.REQUEST_TIMEOUT_S):
+                    await client.head_bucket(Bucket=bucket)
         except SourceError as e:
             if e.code == "NoSuchKey":  # 404 on the bucket
                 raise SourceError(
@@ -164,17 +168,27 @@ class S3Pool:
         found: dict[str, Revision] = {}
         page: Mapping[str, Any] = {}
         where = f"LIST s3://{bucket}/{prefix}* at {ep.describe()}"
+        loop = asyncio.get_running_loop()
         with translated("LIST", ep, bucket, prefix):
             pages = client.get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
             )
-            async for page in pages:
-                for item in page.get("Contents", []):
-                    found[item["Key"]] = Revision.from_response(bucket, item["Key"], item)
-                if max_objects is not None and len(found) > max_objects:
-                    raise SourceError(
-                        f"{where}: more than {max_objects} objects", code="TooManyObjects", retryable=False
-                    )
+            async with asyncio.timeout(session.REQUEST_TIMEOUT_S) as per_page:
+                async for page in pages:
+                    per_page.reschedule(loop.time() + session.REQUEST_TIMEOUT_S)
+                    for item in page.get("Contents", []):
+                        key = item.get("Key")
+                        if not isinstance(key, str) or not key:
+                            raise SourceError(
+                                f"{where}: S3 listed an object without a key", code="MalformedResponse"
+                            )
+                        found[key] = Revision.from_response(bucket, key, item)
+                    if max_objects is not None and len(found) > max_objects:
+                        raise SourceError(
+                            f"{where}: more than {max_objects} objects",
+                            code="TooManyObjects",
+                            retryable=False,
+                        )
         return Listing(found, server_time(page, where))
 
     async def list_objects(
@@ -212,6 +226,7 @@ class S3Pool:
         progress: ProgressCallback | None = None,
         *,
         sha256: bool = False,
+        expect_sha256: str | None = None,
     ) -> str | None:
         """Fetch exactly ``rev`` into ``dest`` (created or truncated) and verify size and checksum.
 
@@ -219,9 +234,18 @@ class S3Pool:
         RevisionChanged instead of mixing revisions. Objects from ``transfer.RANGED_MIN_BYTES`` up are
         fetched in parallel ranges (see :mod:`s3deploy.source.transfer`). ``progress`` gets the byte count of
         each written block. With ``sha256``, returns the hex SHA-256 of the bytes written, computed while
-        they are written (no second pass); else None. On any error ``dest`` may hold partial data; the
-        caller removes it.
+        they are written (no second pass); else None. With ``expect_sha256`` (hex, e.g. from a signed
+        manifest) the content is verified against it instead of S3's own checksum (one check is enough,
+        and this one is the strongest): a mismatch raises SourceError(code="ChecksumMismatch"), retryable
+        like any corrupt download; telling corruption in transit from a body that never matched is the
+        caller's call. On any error ``dest`` may hold partial data; the caller removes it.
         """
+        if expect_sha256 is not None and not _SHA256_HEX.fullmatch(expect_sha256):
+            raise SourceError(
+                f"GET {rev.url}: expected SHA-256 {bounded(repr(expect_sha256), 80)} is not 64 hex digits",
+                code="InvalidRequest",
+                retryable=False,
+            )
         client = await self.client(ep)
         pin = {"VersionId": rev.version_id} if rev.version_id else {"IfMatch": f'"{rev.etag}"'}
         started = time.monotonic()
@@ -232,10 +256,10 @@ class S3Pool:
             pin=pin,
             size=rev.size,
             path=str(dest),
-            checksum=checksum_for(rev),
+            checksum=checksum_for(rev, expect_sha256),
             where=f"GET {rev.url} at {ep.describe()}",
             progress=progress,
-            sha256=sha256,
+            sha256=sha256 or expect_sha256 is not None,
         )
         with translated("GET", ep, rev.bucket, rev.key):
             await job.run()
@@ -263,19 +287,16 @@ class S3Pool:
     ) -> Revision:
         """Upload ``path`` to s3://bucket/key and return the revision S3 now serves (for ``publish``).
 
-        Files up to 64 MiB go in one PutObject so their ETag is a verifiable MD5; bigger ones multipart.
+        Files up to 64 MiB go in one PutObject so their ETag is a verifiable MD5; bigger ones multipart
+        (see :mod:`s3deploy.source.upload`).
         ``metadata`` becomes the object's user metadata (``x-amz-meta-*``) either way; it must be printable
         ASCII within AWS's 2 KB limit (checked here: SeaweedFS and moto do not enforce it).
         """
-        extra = {"Metadata": dict(metadata)} if metadata else {}
         if metadata:
             check_metadata(metadata, f"PUT s3://{bucket}/{key}")
         client = await self.client(ep)
-        transfer = TransferConfig(multipart_threshold=SINGLE_PUT_MAX_BYTES, multipart_chunksize=16 * 2**20)
         with translated("PUT", ep, bucket, key):
-            await client.upload_file(
-                str(path), bucket, key, ExtraArgs=extra, Callback=progress, Config=transfer
-            )
+            await put_file(client, path, bucket, key, metadata=metadata, progress=progress)
         rev = await self.head(ep, bucket, key)
         logger.info("uploaded %s to %s (%d bytes, etag %s)", path, rev.url, rev.size, rev.etag)
         return rev

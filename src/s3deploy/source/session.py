@@ -82,6 +82,11 @@ def lean_session(profile_name: str | None) -> AioSession:
     return session
 
 
+#: The most a HEAD, a LIST page, the headers of a GET or a small write may take, botocore's retries
+#: included: its read_timeout catches a silent server, not one that trickles its answer byte by byte.
+REQUEST_TIMEOUT_S = 120.0
+
+
 def client_config(path_style: bool) -> Config:
     """The settings of every S3 client: retries, timeouts, pool size, who verifies checksums."""
     return Config(

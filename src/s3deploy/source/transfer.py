@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s3deploy.errors import SourceError
+from s3deploy.source import session
 from s3deploy.source.checksums import Checksum, Follower, Hasher, Span, crc32_combine
+from s3deploy.source.diskfile import SharedFd, preallocate
 
 #: Objects at least this big are fetched in parallel ranges; smaller ones in one GET.
 RANGED_MIN_BYTES = 48 * 2**20
@@ -60,39 +61,6 @@ def split(size: int) -> list[_Part]:
     if size < RANGED_MIN_BYTES:
         return [_Part(0, size, ranged=False)]
     return [_Part(off, min(PART_BYTES, size - off), ranged=True) for off in range(0, size, PART_BYTES)]
-
-
-class _SharedFd:
-    """A file descriptor used from worker threads; closed only once no thread uses it any more.
-
-    A cancelled download returns while its last write may still run in a thread: closing the number
-    under it could hand it to another open() mid-write.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self._users = 0
-        self._closing = False
-        self._lock = threading.Lock()
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        with self._lock:
-            if self._closing:
-                raise OSError("download file already closed")
-            self._users += 1
-        try:
-            return fn(self.fd, *args)
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._closing and self._users == 0:
-                    os.close(self.fd)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            if self._users == 0:
-                os.close(self.fd)
 
 
 def _write_blocks(
@@ -148,11 +116,11 @@ class Download:
         hashers: list[Hasher] = [verify] if verify is not None else []
         if extra is not None and extra is not verify:
             hashers.append(extra)
-        file = _SharedFd(self.path)
+        file = SharedFd(self.path)
         follow_task: asyncio.Future[Any] | None = None
         try:
             if len(self.parts) > 1:
-                await asyncio.to_thread(file.run, _preallocate, self.size)
+                await asyncio.to_thread(file.run, preallocate, self.size)
                 if hashers:
                     self._follower = Follower(self.parts, hashers)
                     follow_task = asyncio.ensure_future(asyncio.to_thread(file.run, self._follower.run))
@@ -163,12 +131,14 @@ class Download:
         finally:
             if self._follower is not None:
                 self._follower.stop()
+            if follow_task is not None:  # after an error its own outcome no longer matters
+                follow_task.add_done_callback(lambda f: f.cancelled() or f.exception())
             file.close()
         self._verify(verify)
         if extra is not None:
             self.sha256_hex = extra.digest().hex()
 
-    async def _fetch_all(self, file: _SharedFd, hashers: Sequence[Hasher]) -> None:
+    async def _fetch_all(self, file: SharedFd, hashers: Sequence[Hasher]) -> None:
         queue = deque(self.parts)
         workers = [
             asyncio.ensure_future(self._worker(queue, file, hashers))
@@ -185,13 +155,14 @@ class Download:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _worker(self, queue: deque[_Part], file: _SharedFd, hashers: Sequence[Hasher]) -> None:
+    async def _worker(self, queue: deque[_Part], file: SharedFd, hashers: Sequence[Hasher]) -> None:
         while queue:
             await self._fetch(queue.popleft(), file, hashers)
 
-    async def _fetch(self, part: _Part, file: _SharedFd, hashers: Sequence[Hasher]) -> None:
+    async def _fetch(self, part: _Part, file: SharedFd, hashers: Sequence[Hasher]) -> None:
         extra = {"Range": part.range_header} if part.ranged else {}
-        resp = await self.client.get_object(Bucket=self.bucket, Key=self.key, **self.pin, **extra)
+        async with asyncio.timeout(session.REQUEST_TIMEOUT_S):
+            resp = await self.client.get_object(Bucket=self.bucket, Key=self.key, **self.pin, **extra)
         if resp.get("ServerSideEncryption", "").startswith("aws:kms") or resp.get("SSECustomerAlgorithm"):
             self.encrypted = True
         length = int(resp.get("ContentLength", -1))
@@ -210,7 +181,7 @@ class Download:
             if pace is None or not pace.expired():
                 raise  # botocore's own read timeout: translated by the caller
             raise SourceError(
-                f"{self.where}: stalled: less than {STALL_MIN_BYTES} bytes received in "
+                f"{self.where}: stalled: less than {STALL_MIN_BYTES // 1024} KiB received in "
                 f"{STALL_WINDOW_S:g} s (got {writer.got} of {part.length} bytes{_for(part)}); "
                 "the server sends too slowly or stopped; retrying",
                 code="Stalled",
@@ -224,7 +195,7 @@ class Download:
             )
 
     def written(self, part: _Part, n_bytes: int) -> None:
-        """A block of ``part`` is on disk: let the follower read it; report progress."""
+        """A block of ``part`` is on disk: the follower may read it; report progress."""
         if self._follower is not None:
             self._follower.advance(part, n_bytes)
         if self.progress is not None:
@@ -244,9 +215,8 @@ class Download:
             raw = hasher.digest()
         got = cs.render(raw)
         if got != cs.expected:
-            what = "ETag" if cs.name == "MD5" else "S3's"
             raise SourceError(
-                f"{self.where}: checksum mismatch: content {cs.name} {got} != {what} {cs.expected}; "
+                f"{self.where}: checksum mismatch: content {cs.name} {got} != {cs.origin} {cs.expected}; "
                 "the download is corrupt",
                 code="ChecksumMismatch",
             )
@@ -259,7 +229,7 @@ def _for(part: _Part) -> str:
 async def _receive(content: Any, writer: _PartWriter, pace: asyncio.Timeout) -> None:
     """Read the body's chunks as they arrived from the socket (no joining copy) into ``writer``; every
     STALL_MIN_BYTES received push the pace deadline STALL_WINDOW_S further."""
-    if hasattr(content, "set_read_chunk_size"):  # aiohttp >= 3.13: let up to a block buffer
+    if hasattr(content, "set_read_chunk_size"):  # recent aiohttp: let up to a block buffer
         content.set_read_chunk_size(WRITE_BYTES)
     loop = asyncio.get_running_loop()
     paced = 0
@@ -282,7 +252,7 @@ class _PartWriter:
     """Writes one part's blocks in order: one write in flight while the next block is received; the
     part's CRC chains block to block."""
 
-    def __init__(self, job: Download, part: _Part, file: _SharedFd, hashers: Sequence[Hasher]) -> None:
+    def __init__(self, job: Download, part: _Part, file: SharedFd, hashers: Sequence[Hasher]) -> None:
         self.job = job
         self.part = part
         self.file = file
@@ -294,7 +264,7 @@ class _PartWriter:
         self.pending_bytes = 0
 
     @property
-    def got(self) -> int:
+    def got(self) -> int:  # bytes received for the part so far
         return self.part.received + self.gathered
 
     async def add(self, chunk: bytes) -> bool:
@@ -344,11 +314,3 @@ class _PartWriter:
             self.pending.add_done_callback(lambda f: f.cancelled() or f.exception())
             self.pending.cancel()
             self.pending = None
-
-
-def _preallocate(fd: int, size: int) -> None:
-    """Reserve the whole file up front (no fragmentation, ENOSPC before any byte is fetched)."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError:
-        os.ftruncate(fd, size)  # filesystems without fallocate: a sparse file filled by the writes
