@@ -383,6 +383,15 @@ async def test_heartbeats_are_written_only_when_due(fleet: FleetHarness) -> None
     assert fleet.keys() == [f".s3deploy/{'apps%2Fweb%20app.zip'}/hosts/web-1"]
 
 
+async def test_the_heartbeat_loop_writes_and_ends_on_its_stop_event(fleet: FleetHarness) -> None:
+    host = fleet.host("web-1")
+    stop = asyncio.Event()
+    task = asyncio.create_task(host.keep_heartbeat(stop))
+    await _until(lambda: any(k.endswith("/hosts/web-1") for k in fleet.keys()))
+    stop.set()
+    await asyncio.wait_for(task, 30)  # the next heartbeat is 600 s away: only the event ends the wait
+
+
 async def test_fleet_status_lists_pending_hosts_and_slots_in_the_spec_shape(fleet: FleetHarness) -> None:
     hosts = [fleet.host(f"web-{i}", max_concurrent="50%") for i in range(4)]
     await asyncio.gather(*(h.heartbeat() for h in hosts))

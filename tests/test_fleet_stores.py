@@ -17,6 +17,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from s3deploy.devtools.seaweed import SeaweedServer
+from s3deploy.errors import SourceError
 from s3deploy.fleet.errors import ConditionalWritesUnsupported, MalformedObject, RolloutStopped, WaitAborted
 from s3deploy.fleet.policy import Timing
 from s3deploy.source.revision import Endpoint
@@ -248,3 +249,32 @@ async def test_forged_reports_show_as_unreadable_never_as_a_state(fleet: FleetHa
 async def _enter(host: Any, fleet: FleetHarness, stop: asyncio.Event) -> None:
     async with host.rollout(fleet.revision).slot(stop) as slot:
         await slot.finish("succeeded")
+
+
+# ------------------------------------------------------------------------------------------ S3 failing
+async def test_an_outcome_that_cannot_be_recorded_leaves_the_slot_to_expire(
+    pool: S3Pool, fault_proxy: FaultProxy, make_bucket: Callable[..., str]
+) -> None:
+    fleet = await _harness(pool, fault_proxy.endpoint_url, make_bucket())
+    host = fleet.host("web-1")
+    with pytest.raises(SourceError, match="InternalError"):
+        async with host.rollout(fleet.revision).slot(asyncio.Event()) as slot:
+            fault_proxy.add(Fault("PUT", times=1000, status=500, code="InternalError"))
+            await slot.finish("failed", error="boom")  # the failure cannot be counted ...
+    fault_proxy.faults.clear()
+
+    assert slot.lease.key in fleet.keys()  # ... so the slot is not freed: the next host waits for its lease
+
+
+async def test_the_conditional_write_check_runs_once_per_store(
+    pool: S3Pool, fault_proxy: FaultProxy, make_bucket: Callable[..., str]
+) -> None:
+    fleet = await _harness(pool, fault_proxy.endpoint_url, make_bucket())
+    host = fleet.host("web-1")
+    await host.check_conditional_writes()
+    requests = len(fault_proxy.seen)
+
+    await host.check_conditional_writes()
+    await fleet.host("web-2").fleet.checks.ensure(host.ctx.store, host.settings.keys, "web-2")
+
+    assert len(fault_proxy.seen) == requests + 4  # the second host's own process probes once: 4 requests

@@ -29,7 +29,7 @@ class OwnedObjects:
     async def put(self, key: str, body: bytes) -> None:
         """Make ``key`` hold ``body``. SourceError when S3 fails; FleetError when the key keeps changing."""
         for _ in range(_ROUNDS):
-            etag = self._etags.pop(key, None)
+            etag = self._etags.get(key)  # kept when S3 fails: the next try is still one request
             if etag is not None:
                 result = await self.store.replace(key, body, etag=etag)
             else:
@@ -37,6 +37,7 @@ class OwnedObjects:
             if result.won and result.etag:
                 self._etags[key] = result.etag
                 return
+            self._etags.pop(key, None)
             if etag is not None:
                 logger.warning("s3://%s/%s was changed by someone else; rewriting it", self.store.bucket, key)
             found = await self.store.get(key)
@@ -50,13 +51,14 @@ class OwnedObjects:
     async def delete(self, key: str) -> None:
         """Remove ``key`` if it exists (a GET for its ETag unless this host wrote it last)."""
         for _ in range(_ROUNDS):
-            etag = self._etags.pop(key, None)
+            etag = self._etags.get(key)
             if etag is None:
                 found = await self.store.get(key)
                 if found is None:
                     return
                 etag = found.revision.etag
             result = await self.store.delete(key, etag=etag)
+            self._etags.pop(key, None)
             if result.won or result.code == "NoSuchKey":
                 return
         raise FleetError(
