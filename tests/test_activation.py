@@ -224,9 +224,14 @@ def test_prune_keeps_the_live_release_the_kept_ones_and_folders_moved_aside(tmp_
     (root / ".link-0123456789ab").symlink_to(".html.s3deploy-releases/d-1")  # left by a crash
     (root / ".prune-0123456789ab").mkdir()  # a deletion a crash interrupted
     (root / ".prune-0123456789ab" / "f").write_text("x")
+    (root / ".link-ba9876543210").mkdir()  # D's former folder, exchanged just before a crash
+    (root / ".link-ba9876543210" / "f").write_text("kept")
     (root / "notes.txt").write_text("an operator's file")
     assert prune(d, {"d-2"}) == ["d-1", "d-3", "d-5"]
-    assert sorted(p.name for p in root.iterdir()) == ["d-2", "d-4", "notes.txt", aside.name if aside else ""]
+    left = sorted(p.name for p in root.iterdir())
+    assert left[:3] == ["d-2", "d-4", "notes.txt"] and len(left) == 5 and aside and aside.name in left
+    (crashed,) = [root / name for name in left[3:] if name != aside.name]
+    assert crashed.name.startswith("replaced-") and (crashed / "f").read_text() == "kept"
     assert (d / "index.html").read_text().startswith("d-4")
     assert prune(d, set()) == ["d-2"]  # the live release stays whatever keep says
     assert live_release(d) == releases[3]
@@ -326,3 +331,22 @@ def test_a_filesystem_that_cannot_exchange_gets_a_clear_error_and_keeps_d(tmp_pa
         assert str(d) in message and "RENAME_EXCHANGE" in message and "activation = copy" in message
         assert not d.is_symlink() and (d / "index.html").read_text().startswith("d-original")
         assert sorted(p.name for p in releases_root(d).iterdir()) == ["d-1"]  # no link left behind
+
+
+def test_deactivate_turns_d_back_into_a_real_folder_without_a_gap_for_readers(tmp_path: Path) -> None:
+    d = dest(tmp_path)
+    assert activation.deactivate(d) is None  # never activated: nothing to do
+    switch(d, make_release(d, "d-0"))
+    with readers(d) as (problems, seen):
+        for i in range(1, 31):  # to activation = copy and back, many times over
+            assert activation.deactivate(d) == f"d-{i - 1}"  # D: a real folder, the release it linked to
+            assert switch(d, make_release(d, f"d-{i}")).moved_aside  # and a link again
+    assert problems == []
+    assert len(seen) > 1
+    assert activation.deactivate(d) == "d-30"
+    assert not d.is_symlink() and (d / "index.html").read_text().startswith("d-30")
+    assert live_release(d) is None
+    assert os.readlink(releases_root(d) / "d-30") == "../html"  # for a reader that had read the old link
+    assert prune(d, set()) == []
+    left = [p.name for p in releases_root(d).iterdir()]
+    assert len(left) == 30 and all(name.startswith("replaced-") for name in left)  # every former D kept

@@ -38,13 +38,11 @@ from pathlib import Path
 
 from s3deploy.appspec import AppSpec, FileMapping
 from s3deploy.errors import InstallError
-from s3deploy.install.releases_folder import RELEASE_DIR_MODE, Place, normalized
+from s3deploy.install.filecopy import copy_file
+from s3deploy.install.folder_path import RELEASE_DIR_MODE
+from s3deploy.install.releases_folder import Place, failing, normalized
 
 logger = logging.getLogger(__name__)
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_NO_FAST_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})
-_CHUNK = 1 << 30
 
 
 @dataclass
@@ -104,20 +102,13 @@ def stage_release(
     Raises InstallError naming the entry.
     """
     started = time.monotonic()
+    with Place(destination, create=False) as place, failing(f"opening release folder {release_dir}"):
+        release_fd = place.open_release(release_dir)
+    stager = _Stager(bundle_root, place.destination, release_fd, os.fspath(release_dir), modes or {}, move)
     try:
-        with Place(destination, create=False) as place:
-            release_fd = place.open_release(release_dir)
-    except OSError as e:
-        raise InstallError(f"cannot open release folder {release_dir}: {e.strerror}") from e
-    try:
-        stager = _Stager(
-            bundle_root, place.destination, release_fd, os.fspath(release_dir), modes or {}, move
-        )
-        stager.keep(keep)
-        stager.stage(mappings, tuple(others))
-    except OSError as e:
-        names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n)
-        raise InstallError(f"staging {bundle_root} into {release_dir}: {e.strerror} ({names})") from e
+        with failing(f"staging {bundle_root} into {release_dir}"):
+            stager.keep(keep)
+            stager.stage(mappings, tuple(others))
     finally:
         os.close(release_fd)
     stager.report.duration_s = time.monotonic() - started
@@ -290,7 +281,7 @@ class _Stager:
             os.symlink(os.readlink(path), target, dir_fd=self.release_fd)
         elif stat.S_ISREG(st.st_mode):
             mode = self.modes.get(source, stat.S_IMODE(st.st_mode))
-            _copy_file(path, self.release_fd, target, mode)
+            copy_file(path, self.release_fd, target, mode)
         else:
             raise InstallError(f"bundle entry {source!r} is neither a file, a folder nor a symbolic link")
         self.report.copied += 1
@@ -331,46 +322,6 @@ class _Stager:
 
     def _shown(self, target: str) -> str:
         return f"{self.release}/{target}" if target else self.release
-
-
-def _copy_file(path: str, folder: int, target: str, mode: int) -> None:
-    src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(src)
-        out = os.open(target, _CREATE, 0o600, dir_fd=folder)
-        try:
-            _copy_bytes(src, out)
-            os.fchmod(out, mode)
-            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-        finally:
-            os.close(out)
-    finally:
-        os.close(src)
-
-
-def _copy_bytes(src: int, out: int) -> None:
-    """copy_file_range (a reflink where the filesystem can), else sendfile, else reads and writes."""
-    for fast in (_by_copy_file_range, _by_sendfile):
-        try:
-            fast(src, out)
-            return
-        except OSError as e:
-            if e.errno not in _NO_FAST_COPY or os.lseek(out, 0, os.SEEK_CUR):
-                raise
-    while chunk := os.read(src, 1 << 20):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(out, view) :]
-
-
-def _by_copy_file_range(src: int, out: int) -> None:
-    while os.copy_file_range(src, out, _CHUNK) > 0:
-        pass
-
-
-def _by_sendfile(src: int, out: int) -> None:
-    while os.sendfile(out, src, None, _CHUNK) > 0:
-        pass
 
 
 def _rel(root: str, path: str) -> str:

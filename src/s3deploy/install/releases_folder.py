@@ -10,34 +10,33 @@ them), and outside D, so the application's own files can never collide with it. 
 replaced-<UTC time>/        what D was before the first switch (a real folder), moved aside, never deleted
 .link-<random>              a link being put in place (a crash may leave one: a later switch removes it)
 .prune-<random>             a release being deleted (a crash may leave one: the next prune finishes it)
+<deployment id> -> ../<D>   where ``deactivate`` took the live release to be D again (pruned)
 ```
 
-Every folder is reached through directory descriptors. D's parent is opened from ``/`` one component at a
-time with ``O_NOFOLLOW``; a component that is a link is followed only when root could alone have planted
-it (the link and the folder holding it are root's, that folder writable by no one else), the rule
-Install applies (issue 9). The releases folder must be a real folder owned by the agent's user and
-writable by no one else, or nothing is done. Inside a release (which ``permissions`` may hand to the
-application user) no link is ever followed: ``remove_tree`` opens each folder with ``O_NOFOLLOW`` and
-unlinks links as entries.
+Every folder is reached through directory descriptors: D's parent by ``folder_path.open_folder`` (no link
+followed that root alone could not have planted), everything else from there. The releases folder must
+be a real folder owned by the agent's user and writable by no one else, or nothing is done. Inside a
+release (which ``permissions`` may hand to the application user) no link is ever followed:
+``remove_tree`` opens each folder with ``O_NOFOLLOW`` and unlinks links as entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from s3deploy.errors import InstallError
+from s3deploy.install.folder_path import DIR_FLAGS, RELEASE_DIR_MODE, open_folder
 
 ROOT_SUFFIX = ".s3deploy-releases"
 LINK_PREFIX = ".link-"
 PRUNE_PREFIX = ".prune-"
 ASIDE_PREFIX = "replaced-"
-RELEASE_DIR_MODE = 0o755
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-MAX_LINK_HOPS = 40
 # remove_tree holds one descriptor per level; a deeper folder is first moved up to the releases folder
 MAX_REMOVE_DEPTH = 128
 _NAME_MAX = 255
@@ -65,10 +64,6 @@ def root_name(destination: str) -> str:
             f"beside it (at most {_NAME_MAX - len(ROOT_SUFFIX) - 1} bytes)"
         )
     return name
-
-
-class MissingFolder(InstallError):
-    """A folder on the way to the destination does not exist (and was not to be created)."""
 
 
 def unique(prefix: str) -> str:
@@ -136,6 +131,11 @@ class Place:
         """The link text D holds for ``release``: relative, so D works through any path to its parent."""
         return f"{self.root_name}/{release}"
 
+    @property
+    def bridge_target(self) -> str:
+        """The text of a link in the releases folder that leads to D (left where a release was)."""
+        return f"../{self.name}"
+
     def read_destination(self) -> tuple[str, str | None]:
         """What D is: ("missing", None), ("ours", release name), ("link", its target) for a link s3deploy
         did not make, ("folder", None) or ("other", None). Never follows D."""
@@ -158,7 +158,12 @@ class Place:
         """The name of ``release_dir`` when it is a release folder here; InstallError otherwise."""
         path = os.path.normpath(os.fspath(release_dir))
         parent, _, name = path.rpartition("/")
-        if parent != self.root or not is_release_name(name) or not self.is_folder(name):
+        if (
+            parent != self.root
+            or not is_release_name(name)
+            or name.startswith(ASIDE_PREFIX)
+            or not self.is_folder(name)
+        ):
             raise InstallError(
                 f"{path} is not a release folder of {self.destination} (expected a folder in {self.root})"
             )
@@ -198,74 +203,14 @@ def is_release_name(name: str) -> bool:
     )
 
 
-def open_folder(path: str, *, create: bool = False) -> int:
-    """A descriptor of the folder ``path`` reached under the link rule (module docstring); with ``create``
-    missing folders are made (0755). InstallError naming the path when it cannot."""
-    fd = os.open("/", DIR_FLAGS)
-    done = ""
+@contextlib.contextmanager
+def failing(what: str) -> Iterator[None]:
+    """Turn an OSError into an InstallError that says what was being done and on which path."""
     try:
-        for part in [p for p in path.split("/") if p]:
-            done = f"{done}/{part}"
-            fd = _replace(fd, _step(fd, part, done, create, [0]))
-        return fd
-    except FileNotFoundError as e:
-        os.close(fd)
-        raise MissingFolder(f"folder {done} does not exist") from e
+        yield
     except OSError as e:
-        os.close(fd)
-        raise InstallError(f"cannot open folder {done or '/'}: {e.strerror}") from e
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _replace(old: int, new: int) -> int:
-    os.close(old)
-    return new
-
-
-def _step(parent: int, name: str, logical: str, create: bool, hops: list[int]) -> int:
-    try:
-        return os.open(name, DIR_FLAGS, dir_fd=parent)
-    except FileNotFoundError:
-        if not create:
-            raise
-        try:
-            os.mkdir(name, RELEASE_DIR_MODE, dir_fd=parent)
-        except FileExistsError:
-            pass
-        return _step(parent, name, logical, False, hops)
-    except OSError as e:
-        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        raise InstallError(f"{logical} is not a folder")
-    folder = os.fstat(parent)
-    trusted = (0, os.geteuid())
-    if st.st_uid not in trusted or folder.st_uid not in trusted or folder.st_mode & 0o022:
-        raise InstallError(
-            f"{logical} is a symbolic link that root did not plant (link owner uid {st.st_uid}; its folder's "
-            f"owner uid {folder.st_uid}, mode {stat.S_IMODE(folder.st_mode):o}); s3deploy follows a link "
-            "there only when it and its folder are root's and writable by no one else"
-        )
-    hops[0] += 1
-    if hops[0] > MAX_LINK_HOPS:
-        raise InstallError(f"{logical}: too many levels of symbolic links")
-    target = os.readlink(name, dir_fd=parent)
-    fd = os.open("/", DIR_FLAGS) if target.startswith("/") else os.dup(parent)
-    try:
-        for part in target.split("/"):
-            if part in ("", "."):
-                continue
-            child = (
-                os.open("..", DIR_FLAGS, dir_fd=fd) if part == ".." else _step(fd, part, logical, False, hops)
-            )
-            fd = _replace(fd, child)
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+        names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n)
+        raise InstallError(f"{what}: {e.strerror or e}" + (f" ({names})" if names else "")) from e
 
 
 def remove_tree(root_fd: int, name: str, where: str) -> None:
