@@ -19,10 +19,8 @@ bundle, in which case it is **copied** (``copy_file_range``, so a reflink on btr
 Files get the mode the bundle gave them (``modes``: what unpacking narrowed), their mtime, root as owner;
 links stay links. Folders keep the bundle's mode without group/other write; folders that only lead to an
 entry's destination are 0755. The semantics are Install's: a folder source's contents go into the
-destination, a file source into the destination folder, two sources for one path are an error.
-
-After staging, what was moved is no longer in the bundle (S3DEPLOY_BUNDLE_DIR): a hook after Install
-finds it in the release.
+destination, a file source into the destination folder, two sources for one path are an error. What was
+moved is no longer in the bundle (S3DEPLOY_BUNDLE_DIR): a hook after Install finds it in the release.
 """
 
 from __future__ import annotations
@@ -170,7 +168,12 @@ class _Stager:
         for i, (mapping, source) in enumerate(zip(mappings, sources, strict=True)):
             self.pinned = set(self.kept_trees) | other_sources | {s for j, s in enumerate(sources) if j != i}
             self.above = {a for p in self.pinned | self.linked for a in _ancestors(p)}
-            target = _rel(self.destination, os.path.normpath(mapping.destination))
+            path = os.path.normpath(mapping.destination)
+            if path != self.destination and not _under(path, self.destination):
+                raise InstallError(
+                    f"files: destination {mapping.destination} is not {self.destination} or in it"
+                )
+            target = _rel(self.destination, path)
             self._make_dirs(target)
             if self._is_dir(source):
                 self._merge(source, target)
@@ -182,7 +185,7 @@ class _Stager:
 
     def _source(self, mapping: FileMapping) -> str:
         rel = os.path.normpath(mapping.source.strip("/")) if mapping.source.strip("/") else ""
-        if rel.startswith("..") or not os.path.lexists(self._abs(rel)):
+        if rel == ".." or rel.startswith("../") or not os.path.lexists(self._abs(rel)):
             raise InstallError(f"files source {mapping.source!r} is not in the bundle ({self.bundle})")
         return rel
 

@@ -255,6 +255,8 @@ def _remove_one(root_fd: int, name: str, todo: list[str]) -> None:
                 continue
             try:
                 child_fd = os.open(child, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                continue
             except OSError as e:
                 if e.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -268,14 +270,17 @@ def _remove_one(root_fd: int, name: str, todo: list[str]) -> None:
 
 def _clear_files(fd: int) -> list[str]:
     """Unlink every entry of the open folder ``fd`` that is not a folder; return the folders' names."""
-    folders: list[str] = []
     with os.scandir(fd) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                folders.append(entry.name)
-                continue
-            try:
-                os.unlink(entry.name, dir_fd=fd)
-            except IsADirectoryError:
-                folders.append(entry.name)
+        listing = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+    folders: list[str] = []
+    for name, is_dir in listing:
+        if is_dir:
+            folders.append(name)
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+        except IsADirectoryError:
+            folders.append(name)  # it became a folder since it was listed
+        except FileNotFoundError:
+            pass  # someone else removed it (a release the application user can write to)
     return folders
