@@ -195,7 +195,15 @@ def test_switch_back_returns_to_the_previous_release_and_undoes_a_first_deployme
 def test_switch_refuses_a_folder_that_is_not_one_of_its_releases(tmp_path: Path) -> None:
     d = dest(tmp_path)
     make_release(d, "d-1")
-    for bad in (tmp_path, releases_root(d) / "d-9", releases_root(d) / "..", tmp_path / "www"):
+    (releases_root(d) / "replaced-20250101T000000Z").mkdir()  # a folder moved aside: switch_back's only
+    assert live_release(d) is None and live_release(tmp_path / "no" / "such" / "html") is None
+    for bad in (
+        tmp_path,
+        releases_root(d) / "d-9",
+        releases_root(d) / "..",
+        tmp_path / "www",
+        releases_root(d) / "replaced-20250101T000000Z",
+    ):
         with pytest.raises(InstallError, match="is not a release folder"):
             switch(d, bad)
     assert not os.path.lexists(d)
