@@ -354,7 +354,7 @@ def test_deactivate_turns_d_back_into_a_real_folder_without_a_gap_for_readers(tm
     assert activation.deactivate(d) == "d-30"
     assert not d.is_symlink() and (d / "index.html").read_text().startswith("d-30")
     assert live_release(d) is None
-    assert os.readlink(releases_root(d) / "d-30") == "../html"  # for a reader that had read the old link
+    assert (releases_root(d) / "d-30" / "index.html").read_text().startswith("d-30")  # D's old link text
     assert prune(d, set()) == []
     left = [p.name for p in releases_root(d).iterdir()]
     assert len(left) == 30 and all(name.startswith("replaced-") for name in left)  # every former D kept

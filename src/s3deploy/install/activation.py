@@ -26,7 +26,15 @@ from pathlib import Path
 
 from s3deploy.errors import InstallError
 from s3deploy.install.folder_path import RELEASE_DIR_MODE, MissingFolder
-from s3deploy.install.link_swap import exchange_back, exists, put_link, sync, take_link_away, tidy
+from s3deploy.install.link_swap import (
+    exchange_back,
+    exists,
+    put_link,
+    remove_bridges,
+    sync,
+    take_link_away,
+    tidy,
+)
 from s3deploy.install.releases_folder import (
     ASIDE_PREFIX,
     PRUNE_PREFIX,
@@ -184,12 +192,13 @@ def prune(destination: Path | str, keep: Collection[str]) -> list[str]:
         with failing(f"pruning the releases of {place.destination}"):
             _, live = place.read_destination()
             tidy(place)
+            remove_bridges(place)
             with os.scandir(root_fd) as entries:
-                listing = [(e.name, e.is_dir(follow_symlinks=False), e.is_symlink()) for e in entries]
-            names = sorted(name for name, is_dir, _ in listing if is_dir or name.startswith(PRUNE_PREFIX))
-            for name, _, is_link in listing:  # the bridges deactivate left
-                if is_link and os.readlink(name, dir_fd=root_fd) == place.bridge_target:
-                    os.unlink(name, dir_fd=root_fd)
+                names = sorted(
+                    e.name
+                    for e in entries
+                    if e.is_dir(follow_symlinks=False) or e.name.startswith(PRUNE_PREFIX)
+                )
         removed: list[str] = []
         errors: list[str] = []
         for name in names:

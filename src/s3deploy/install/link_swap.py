@@ -16,7 +16,16 @@ import time
 from collections.abc import Callable
 
 from s3deploy.errors import InstallError
-from s3deploy.install.releases_folder import ASIDE_PREFIX, LINK_PREFIX, Place, is_release_name, unique
+from s3deploy.install.folder_path import DIR_FLAGS, RELEASE_DIR_MODE
+from s3deploy.install.releases_folder import (
+    ASIDE_PREFIX,
+    BRIDGE_DIR,
+    LINK_PREFIX,
+    Place,
+    is_release_name,
+    remove_tree,
+    unique,
+)
 from s3deploy.install.renameat2 import RENAME_EXCHANGE, RENAME_NOREPLACE, UNSUPPORTED, renameat2
 
 logger = logging.getLogger(__name__)
@@ -94,22 +103,54 @@ def _exchange(place: Place, link: str) -> None:
 def exchange_back(place: Place, name: str, *, bridge: bool = False) -> None:
     """Swap the folder ``name`` of the releases folder with D (a link of ours), then delete that link.
 
-    With ``bridge`` (``name`` is the release D linked to) a link ``name -> ../<D>`` takes its place: a
-    reader that read D's old link text just before the swap still finds the folder. ``prune`` removes it.
+    With ``bridge`` (``name`` is the release D links to) the link is kept and made to lead to D from where
+    it lands: a reader that read D's link text just before the swap still finds the folder (``prune``
+    removes the bridge later).
     """
     root_fd = place.need_root()
+    if bridge:
+        _build_bridge(place, name)
     try:
         renameat2(root_fd, name, place.parent_fd, place.name, RENAME_EXCHANGE)
     except OSError as e:
         raise _exchange_error(place.destination, e) from e
-    if bridge and os.readlink(name, dir_fd=root_fd) == place.link_target(name):
-        link = unique(LINK_PREFIX)
-        os.symlink(place.bridge_target, link, dir_fd=root_fd)
-        os.replace(link, name, src_dir_fd=root_fd, dst_dir_fd=root_fd)
-    else:
+    if not bridge:
         _dispose(place, name)  # the link D was (rename(2) moved the link itself, nothing behind it)
     sync(place.parent_fd)
     sync(root_fd)
+
+
+def _build_bridge(place: Place, name: str) -> None:
+    """After the exchange D's old link lies at ``name`` in the releases folder, its text
+    ``.<D>.s3deploy-releases/<name>`` now read from there: ``.<D>.s3deploy-releases -> .bridge`` and
+    ``.bridge/<name> -> ../../<D>`` make that text lead to D, the folder, from the first instant."""
+    root_fd = place.need_root()
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(BRIDGE_DIR, RELEASE_DIR_MODE, dir_fd=root_fd)
+    bridge_fd = os.open(BRIDGE_DIR, DIR_FLAGS, dir_fd=root_fd)
+    try:
+        _replace_link(bridge_fd, name, f"../../{place.name}")
+    finally:
+        os.close(bridge_fd)
+    _replace_link(root_fd, place.root_name, BRIDGE_DIR)
+
+
+def _replace_link(dir_fd: int, name: str, text: str) -> None:
+    link = unique(LINK_PREFIX)
+    os.symlink(text, link, dir_fd=dir_fd)
+    os.replace(link, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def remove_bridges(place: Place) -> None:
+    """Delete what ``exchange_back(bridge=True)`` left: D's old links, then the bridge itself."""
+    root_fd = place.need_root()
+    with os.scandir(root_fd) as entries:
+        links = [e.name for e in entries if e.is_symlink()]
+    for name in links:
+        if os.readlink(name, dir_fd=root_fd) in (place.link_target(name), BRIDGE_DIR):
+            os.unlink(name, dir_fd=root_fd)
+    if exists(root_fd, BRIDGE_DIR):
+        remove_tree(root_fd, BRIDGE_DIR, place.root)
 
 
 def _exchange_error(destination: str, e: OSError) -> InstallError:

@@ -10,7 +10,8 @@ them), and outside D, so the application's own files can never collide with it. 
 replaced-<UTC time>/        what D was before the first switch (a real folder), moved aside, never deleted
 .link-<random>              a link being put in place (a crash may leave one: a later switch removes it)
 .prune-<random>             a release being deleted (a crash may leave one: the next prune finishes it)
-<deployment id> -> ../<D>   where ``deactivate`` took the live release to be D again (pruned)
+.bridge/, .<D>.s3deploy-releases, <id> -> .<D>.s3deploy-releases/<id>
+                            left by ``deactivate`` so a reader of D's old link text finds D (pruned)
 ```
 
 Every folder is reached through directory descriptors: D's parent by ``folder_path.open_folder`` (no link
@@ -37,6 +38,7 @@ ROOT_SUFFIX = ".s3deploy-releases"
 LINK_PREFIX = ".link-"
 PRUNE_PREFIX = ".prune-"
 ASIDE_PREFIX = "replaced-"
+BRIDGE_DIR = ".bridge"
 # remove_tree holds one descriptor per level; a deeper folder is first moved up to the releases folder
 MAX_REMOVE_DEPTH = 128
 _NAME_MAX = 255
@@ -130,11 +132,6 @@ class Place:
     def link_target(self, release: str) -> str:
         """The link text D holds for ``release``: relative, so D works through any path to its parent."""
         return f"{self.root_name}/{release}"
-
-    @property
-    def bridge_target(self) -> str:
-        """The text of a link in the releases folder that leads to D (left where a release was)."""
-        return f"../{self.name}"
 
     def read_destination(self) -> tuple[str, str | None]:
         """What D is: ("missing", None), ("ours", release name), ("link", its target) for a link s3deploy
