@@ -373,8 +373,9 @@ def test_permissions_object_pattern_except_type_owner_group_mode(host: Host) -> 
 
 # ------------------------------------------------------------------------------------------- hooks
 def test_runas_runs_the_script_as_that_user_with_its_login_environment(open_host: Host) -> None:
-    """runas (as root): the script runs as the user, with the user's HOME/USER/LOGNAME (CodeDeploy's su -c
-    keeps root's); the scripts without runas run as the agent's user."""
+    """runas (as root): the script runs as the user, with the user's HOME/USER/LOGNAME, as CodeDeploy's
+    ``su USER -c`` gives them on Debian (linux_util.rb: ``'su ' + script.runas + ' -c ' + ...``); the
+    scripts without runas run as the agent's user."""
     host = open_host
     host.section("Runas", destination=host.root / "www")
     who = hook_script('echo "who $(id -un) $HOME ${USER:-} ${LOGNAME:-} $(pwd)"')
