@@ -1,0 +1,154 @@
+"""Reading tar archives (plain, gzip, bzip2, xz) member by member, in constant memory.
+
+tarfile keeps every header it has read (``TarFile.members``) and believes the sizes of extended headers:
+a pax header or GNU long name declaring 2 GB is read into memory whole, and a chain of long-name headers
+recurses until ``RecursionError``. Here the list is emptied after each header, what one member's headers
+may read is capped (``HEADER_BYTES``), and every tarfile failure becomes a BundleError.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import io
+import lzma
+import os
+import struct
+import tarfile
+import zlib
+from collections.abc import Generator
+from typing import IO, Protocol, cast
+
+from s3deploy.bundle.member import CHUNK_BYTES, MAX_LINK_BYTES, Member, entry, shown
+from s3deploy.errors import BundleError
+
+#: Most bytes the headers of one member may take (pax records, GNU long names, sparse maps).
+HEADER_BYTES = 1 << 20
+_TAR_ERRORS = (
+    tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, RecursionError, ValueError, struct.error,
+)  # fmt: skip
+
+
+class _Stream(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+
+
+class _Guard:
+    """The decompressed stream as tarfile sees it, refusing oversized header reads."""
+
+    def __init__(self, stream: _Stream, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.header_left: int | None = None  # bytes the current header may still read; None: data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise BundleError(f"{self.label}: corrupt tar archive (unbounded read)")
+        if self.header_left is not None:
+            if size > self.header_left:
+                raise BundleError(
+                    f"{self.label}: tar headers of one entry take more than {HEADER_BYTES} bytes "
+                    "(pax records, GNU long names or sparse maps); refused"
+                )
+            self.header_left -= size
+        return self.stream.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def open(self) -> tarfile.TarFile:
+        """Open the archive (tarfile reads the first header) with the header budget on."""
+        self.header_left = HEADER_BYTES
+        try:
+            return tarfile.TarFile(fileobj=cast(IO[bytes], self), mode="r")
+        finally:
+            self.header_left = None
+
+    def next_header(self, tf: tarfile.TarFile) -> tarfile.TarInfo | None:
+        """``tf.next()`` with the header budget on."""
+        self.header_left = HEADER_BYTES
+        try:
+            return tf.next()
+        finally:
+            self.header_left = None
+
+
+def _decompressing(raw: IO[bytes], compression: str) -> contextlib.AbstractContextManager[_Stream]:
+    if compression == "gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compression == "bz2":
+        return bz2.BZ2File(raw)
+    if compression == "xz":
+        return lzma.LZMAFile(raw)
+    return contextlib.nullcontext(raw)
+
+
+class TarReader:
+    """Members of the tar archive open as ``fd`` (``compression`` "", "gz", "bz2" or "xz")."""
+
+    parallel = False  # a member's data is read right after its header, in order
+
+    def __init__(self, fd: int, label: str, compression: str) -> None:
+        self.fd = fd
+        self.label = label
+        self.compression = compression
+        self._tf: tarfile.TarFile | None = None
+
+    def members(self) -> Generator[Member, None, None]:
+        """Every member in archive order; a fresh pass (and decompression) each call."""
+        raw = os.fdopen(os.dup(self.fd), "rb")
+        last = "the first entry"
+        with raw, contextlib.ExitStack() as stack:
+            try:
+                raw.seek(0)
+                guard = _Guard(stack.enter_context(_decompressing(raw, self.compression)), self.label)
+                tf = self._tf = guard.open()
+                while (info := guard.next_header(tf)) is not None:
+                    tf.members.clear()  # type: ignore[attr-defined]  # one header at a time, always
+                    yield self._member(info)
+                    last = entry(info.name)
+            except _TAR_ERRORS as e:
+                raise BundleError(
+                    f"{self.label}: corrupt or truncated tar archive after {last} ({shown(e)})"
+                ) from e
+            finally:
+                self._tf = None
+
+    def _member(self, m: tarfile.TarInfo) -> Member:
+        if m.isreg():
+            return Member(m.name, "file", m.mode & 0o7777, m.size, ref=m)
+        if m.isdir():
+            return Member(m.name, "dir", m.mode & 0o7777)
+        if m.issym() or m.islnk():
+            if len(os.fsencode(m.linkname)) > MAX_LINK_BYTES:
+                raise BundleError(
+                    f"{self.label}: {entry(m.name)} is a link with a target over {MAX_LINK_BYTES} bytes"
+                )
+            return Member(m.name, "symlink" if m.issym() else "hardlink", 0o777, target=m.linkname)
+        what = "a device file" if m.ischr() or m.isblk() else "a fifo" if m.isfifo() else "an unknown type"
+        raise BundleError(f"{self.label}: {entry(m.name)} is {what}; only files, folders and links allowed")
+
+    def chunks(self, member: Member) -> Generator[bytes, None, None]:
+        """The data of the member ``members()`` yielded last; short data is refused."""
+        info = member.ref
+        assert isinstance(info, tarfile.TarInfo) and self._tf is not None
+        try:
+            src = self._tf.extractfile(info)
+            if src is None:
+                raise BundleError(f"{self.label}: {entry(member.name)} has no data")
+            with src:
+                while chunk := src.read(CHUNK_BYTES):
+                    yield chunk
+        except _TAR_ERRORS as e:
+            raise BundleError(
+                f"{self.label}: {entry(member.name)} is corrupt or truncated ({shown(e)})"
+            ) from e
