@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from s3deploy.appspec import check_bundle
 from s3deploy.bundle.extract import unpack
 from s3deploy.bundle.pack import make_zip
+from s3deploy.common.text import printable
 from s3deploy.errors import AppSpecError, BundleError
 from s3deploy.source.s3 import Endpoint, ProgressCallback, S3Pool
 
@@ -20,11 +22,24 @@ CHECK_MAX_BYTES = 10 * 2**30
 
 
 def check_path(path: Path) -> list[str]:
-    """Every problem of a bundle folder or archive (an archive is unpacked into a temporary folder)."""
-    if not path.exists():
-        return [f"{path}: no such file or folder"]
-    if path.is_dir():
+    """Every problem of a bundle folder or archive (an archive is unpacked into a temporary folder).
+
+    Only a folder or a regular file is read: a fifo or a device (``/dev/zero``) would block or never
+    end. An archive is unpacked within the config's default limits (max_files, max_unpacked_bytes).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return [f"{printable(path)}: no such file or folder"]
+    except OSError as e:
+        return [f"{printable(path)}: cannot read it ({e.strerror or e})"]
+    if stat.S_ISDIR(mode):
         return check_bundle(path)
+    if not stat.S_ISREG(mode):
+        return [
+            f"{printable(path)}: not a regular file or a folder; "
+            "validate takes a bundle folder or a zip or tar archive"
+        ]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             root = unpack(
