@@ -106,7 +106,7 @@ class TarReader:
     def members(self) -> Generator[Member, None, None]:
         """Every member in archive order; a fresh pass (and decompression) each call."""
         raw = os.fdopen(os.dup(self.fd), "rb")
-        last = "the first entry"
+        last: str | None = None
         with raw, contextlib.ExitStack() as stack:
             try:
                 raw.seek(0)
@@ -115,10 +115,11 @@ class TarReader:
                 while (info := guard.next_header(tf)) is not None:
                     tf.members.clear()  # type: ignore[attr-defined]  # one header at a time, always
                     yield self._member(info)
-                    last = entry(info.name)
+                    last = info.name
             except _TAR_ERRORS as e:
                 raise BundleError(
-                    f"{self.label}: corrupt or truncated tar archive after {last} ({shown(e)})"
+                    f"{self.label}: corrupt or truncated tar archive after "
+                    f"{'its first entry' if last is None else entry(last)} ({shown(e)})"
                 ) from e
             finally:
                 self._tf = None
