@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.probe download ENDPOINT BUCKET KEY DEST``: HEAD + pinned, verified download;
 seconds (imports and client creation excluded) and the process's peak RSS (VmHWM).
-``python -m benchmarks.probe unpack ARCHIVE DEST``: ``bundle.unpack`` in this process.
+``python -m benchmarks.probe unpack ARCHIVE DEST``: ``bundle.unpack`` in this process; seconds and the
+process's peak RSS.
 ``python -m benchmarks.probe deploy CONFIG STATE_DIR SECTION``: one daemon poll of SECTION (detect →
 download → unpack → install → hooks → state) with the S3 client already open, as in the daemon.
 """
@@ -43,7 +44,7 @@ def _unpack(archive: str, dest: str) -> dict[str, Any]:
 
     started = time.perf_counter()
     unpack(Path(archive), Path(dest), max_files=1_000_000, max_unpacked_bytes=1 << 40)
-    return {"seconds": time.perf_counter() - started}
+    return {"seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
 
 
 async def _deploy(config_path: str, state_dir: str, section: str) -> dict[str, Any]:

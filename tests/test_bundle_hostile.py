@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import lzma
 import os
 import sqlite3
 import stat
 import struct
+import subprocess
 import tarfile
 import threading
 import zipfile
@@ -341,3 +343,32 @@ def test_validate_and_unpack_refuse_a_fifo_and_a_device_without_blocking(tmp_pat
         with pytest.raises(BundleError, match=f"is {what}, not a zip or tar archive file"):
             unpack(path, tmp_path / "out", max_files=9, max_unpacked_bytes=BIG)
     assert not any(t.name.startswith("unpack") for t in threading.enumerate())
+
+
+# --- a full disk -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_a_bundle_error_naming_the_entry_with_enospc_as_cause(
+    tmp_path: Path, tiny_disk: Path
+) -> None:
+    archive = tmp_path / "b.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(unix_info("small.txt", 0o644), b"x")
+        zf.writestr(unix_info("big.bin", 0o644), os.urandom(3 << 20), zipfile.ZIP_STORED)
+    with pytest.raises(
+        BundleError, match=r'entry "big.bin" cannot be written \(No space left on device\)'
+    ) as exc:
+        unpack(archive, tiny_disk / "bundle", max_files=9, max_unpacked_bytes=BIG)
+    assert isinstance(exc.value.__cause__, OSError) and exc.value.__cause__.errno == errno.ENOSPC

@@ -32,7 +32,7 @@ def check_path(path: Path) -> list[str]:
     except FileNotFoundError:
         return [f"{printable(path)}: no such file or folder"]
     except OSError as e:
-        return [f"{printable(path)}: cannot read it ({e.strerror or e})"]
+        return [f"{printable(path)}: cannot read it ({printable(e.strerror or e)})"]
     if stat.S_ISDIR(mode):
         return check_bundle(path)
     if not stat.S_ISREG(mode):

@@ -45,7 +45,7 @@ def open_regular(path: Path, label: str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise BundleError(f"{label}: cannot read the archive ({e.strerror or e})") from e
+        raise BundleError(f"{label}: cannot read the archive ({shown(e.strerror or e)})") from e
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)

@@ -85,7 +85,9 @@ def make_zip(src_dir: Path, out_path: Path) -> int:
     try:
         sources = _scan(root, skip, label)
     except OSError as e:
-        raise BundleError(f"{label}: cannot read {printable(e.filename or '')} ({e.strerror or e})") from e
+        raise BundleError(
+            f"{label}: cannot read {printable(e.filename or '')} ({shown(e.strerror or e)})"
+        ) from e
     links = {s.rel: s.target for s in sources if s.kind == "symlink"}
     for rel, target in links.items():
         problem = link_problem(rel, target, links)

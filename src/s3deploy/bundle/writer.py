@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Generator, Iterable
 
-from s3deploy.bundle.member import entry
+from s3deploy.bundle.member import entry, shown
 from s3deploy.errors import BundleError
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -28,7 +28,7 @@ class Writer:
         self._count_lock = threading.Lock()
 
     def _cannot(self, name: str, e: OSError) -> BundleError:
-        return BundleError(f"{self.label}: {entry(name)} cannot be written ({e.strerror or e})")
+        return BundleError(f"{self.label}: {entry(name)} cannot be written ({shown(e.strerror or e)})")
 
     def folders(self, paths: Iterable[str]) -> None:
         """Create ``paths`` (each after its parent) with 0o755; their own modes come in ``finish``."""
