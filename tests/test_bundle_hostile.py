@@ -167,6 +167,15 @@ def test_links_inside_the_hoisted_root_and_unhoisted_parent_links_are_fine(tmp_p
     assert root == tmp_path / "f"
 
 
+def test_links_too_costly_to_resolve_are_refused_not_resolved_for_hours(tmp_path: Path, dest: Path) -> None:  # noqa: F811
+    # Each link: 2,040 steps, each a lookup of a path of up to 4 KiB; 300 of them would take minutes.
+    folder = "/".join(["d"] * 200)
+    entries: list[Spec] = [(f"{folder}/l{n}", "symlink", "/".join(["x"] * 2040), 0o777) for n in range(300)]
+    error = assert_refused(write_zip(tmp_path / "b.zip", entries), dest, tmp_path, "cannot be checked")
+    assert f"more than {checks.LINK_CHARS >> 20} MiB of paths" in assert_clean_message(error)
+    assert list(dest.iterdir()) == []
+
+
 def test_a_symlinked_top_folder_is_not_hoisted_into(tmp_path: Path) -> None:
     entries: list[Spec] = [("top", "symlink", ".", 0o777)]
     root = unpack(

@@ -14,6 +14,7 @@ names) is refused instead of exhausting memory.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 from s3deploy.bundle.member import Member, entry, shown
@@ -28,7 +29,10 @@ _MAX_PATH_BYTES = 4095  # PATH_MAX less its NUL
 _MAX_NAME_BYTES = 255  # NAME_MAX
 #: Memory the checks may use for names and link targets (about 200,000 entries of 200-byte paths).
 INDEX_BYTES = 64 << 20
-_KEY_OVERHEAD = 120  # a str object and its dict slot, beyond the characters
+_SLOT_BYTES = 80  # a dict or set slot, with the table's spare room
+_INT_BYTES = 32  # an int object (modes, ordinals)
+#: Path characters link resolution may look up in all (a few hundred ms; 200,000 links use a tenth).
+LINK_CHARS = 512 << 20
 # Like the kernel's ELOOP limit: a chain of more links than this is refused as a loop.
 _MAX_LINK_HOPS = 40
 
@@ -65,13 +69,24 @@ def normalise(label: str, name: str, *, max_path_bytes: int = _MAX_PATH_BYTES) -
     return path
 
 
-def _resolve(link_path: str, target: str, links: dict[str, str], floor: int) -> tuple[str, str | None]:
+class LinkBudget:
+    """Characters of paths link resolution may still look up: bounds the CPU a hostile set of links
+    (long chains of long targets, each step a lookup of a path up to PATH_MAX) can take."""
+
+    def __init__(self, chars: int) -> None:
+        self.left = chars
+
+
+def _resolve(
+    link_path: str, target: str, links: dict[str, str], floor: int, budget: LinkBudget | None = None
+) -> tuple[str, str | None]:
     """Follow ``target`` of the link at ``link_path`` through ``links``: (final path, problem or None)."""
     if not target or "\x00" in target:
         return "", "has an empty or invalid target"
     if target.startswith("/"):
         return "", f'points to the absolute path "{shown(target)}"'
-    stack = link_path.split("/")[:-1]
+    here = link_path.rpartition("/")[0]  # the folder holding the link, then where the walk is
+    depth = here.count("/") + 1 if here else 0
     pending = list(reversed(target.split("/")))
     hops = 0
     while pending:
@@ -79,20 +94,28 @@ def _resolve(link_path: str, target: str, links: dict[str, str], floor: int) -> 
         if part in ("", "."):
             continue
         if part == "..":
-            if len(stack) <= floor:
+            if depth <= floor:
                 return "", f'points outside the bundle folder ("{shown(target)}")'
-            stack.pop()
+            here = here.rpartition("/")[0]
+            depth -= 1
             continue
-        stack.append(part)
-        hop = links.get("/".join(stack))
+        here = f"{here}/{part}" if here else part
+        depth += 1
+        if budget is not None:
+            budget.left -= len(here)
+            if budget.left < 0:
+                why = f"more than {LINK_CHARS >> 20} MiB of paths (too many links, or chains too long)"
+                return "", f"cannot be checked: resolving the archive's links looks up {why}"
+        hop = links.get(here)
         if hop is None:
             continue
         hops += 1
         if hops > _MAX_LINK_HOPS or hop.startswith("/"):
             return "", f'points outside the bundle folder or loops ("{shown(target)}")'
-        stack.pop()
+        here = here.rpartition("/")[0]
+        depth -= 1
         pending.extend(reversed(hop.split("/")))
-    return "/".join(stack), None
+    return here, None
 
 
 def link_problem(link_path: str, target: str, links: dict[str, str], floor: int = 0) -> str | None:
@@ -126,6 +149,7 @@ class Index:
         self.declared = 0
         self.held = 0
         self.tops: set[str] = set()
+        self.budget = LinkBudget(LINK_CHARS)
 
     def _fail(self, member: Member, why: str) -> BundleError:
         return BundleError(f"{self.label}: {entry(member.name)} {why}")
@@ -156,19 +180,19 @@ class Index:
         if before is not None:
             self._replace(member, path, kind, before, ordinal)
         else:
-            self._hold(member, len(path))
+            self._hold(member, sys.getsizeof(path) + _SLOT_BYTES)
             self._top(path)
         self.kinds[path] = kind
         if kind == DIR:
+            self._hold(member, _SLOT_BYTES + _INT_BYTES)
             self.dir_modes[path] = member.mode
         elif kind == SYMLINK:
-            self._hold(member, len(member.target))
-            self.links[path] = member.target
-            problem = link_problem(path, member.target, self.links)  # now, for a clear message
-            if problem:
-                raise self._fail(member, f"is a symlink that {problem}")
+            if not member.target or member.target.startswith("/") or "\x00" in member.target:
+                raise self._fail(member, f"is a symlink that {link_problem(path, member.target, {})}")
+            self._hold(member, sys.getsizeof(member.target) + _SLOT_BYTES)
+            self.links[path] = member.target  # resolved in check_links, once every link is known
         elif kind == HARDLINK:
-            self._hold(member, len(hardlink_target))
+            self._hold(member, sys.getsizeof(hardlink_target) + 2 * _SLOT_BYTES)
             self.hardlinks[path] = hardlink_target
             self.linked.add(hardlink_target)
 
@@ -183,6 +207,7 @@ class Index:
         if path in self.linked:  # which of the two would the hardlink mean? tar: the first, zip: n/a
             raise self._fail(member, f'replaces "{shown(path)}", which an earlier hardlink links to')
         if before in (FILE, HARDLINK):
+            self._hold(member, _SLOT_BYTES + _INT_BYTES)
             self.last[path] = ordinal
 
     def _parents(self, member: Member, path: str) -> None:
@@ -201,7 +226,7 @@ class Index:
             missing.append(parent)
             cut = parent.rfind("/")
         for parent in reversed(missing):
-            self._hold(member, len(parent))
+            self._hold(member, sys.getsizeof(parent) + _SLOT_BYTES)
             self.kinds[parent] = IMPLIED
             self._top(parent)
 
@@ -223,8 +248,8 @@ class Index:
             )
         return target
 
-    def _hold(self, member: Member, chars: int) -> None:
-        self.held += chars + _KEY_OVERHEAD
+    def _hold(self, member: Member, size: int) -> None:
+        self.held += size
         if self.held > INDEX_BYTES:
             raise self._fail(
                 member,
@@ -240,7 +265,7 @@ class Index:
         """
         floor = 1 if top else 0
         for path, target in self.links.items():
-            problem = link_problem(path, target, self.links, floor)
+            problem = _resolve(path, target, self.links, floor, self.budget)[1]
             if problem and top:
                 problem += f', the bundle root once unpacked from its top folder "{shown(top)}"'
             if problem:
@@ -259,6 +284,6 @@ class Index:
         """The final kind at ``path``, a symlink followed (None when absent, escaping or a loop)."""
         kind = self.kinds.get(path)
         if kind == SYMLINK:
-            final, problem = _resolve(path, self.links[path], self.links, 0)
+            final, problem = _resolve(path, self.links[path], self.links, 0, self.budget)
             return None if problem else self.kinds.get(final, DIR if final == "" else None)
         return kind

@@ -78,7 +78,6 @@ def unpack(archive: Path, dest: Path, *, max_files: int, max_unpacked_bytes: int
 
 def _write(reader: Reader, index: Index, writer: Writer) -> None:
     """The second pass: every file and link the checks accepted (its final occurrence), then hardlinks."""
-    hardlinks: list[tuple[str, str, str]] = []
 
     def todo() -> Generator[tuple[str, Member], None, None]:
         with contextlib.closing(reader.members()) as members:
@@ -90,9 +89,7 @@ def _write(reader: Reader, index: Index, writer: Writer) -> None:
                     continue
                 if index.kinds.get(path) != _KINDS[member.kind]:
                     raise BundleError(f"{reader.label}: {entry(member.name)} changed while being unpacked")
-                if member.kind == "hardlink":
-                    hardlinks.append((path, index.hardlinks[path], member.name))
-                else:
+                if member.kind != "hardlink":
                     yield path, member
 
     def write(item: tuple[str, Member]) -> None:
@@ -108,5 +105,6 @@ def _write(reader: Reader, index: Index, writer: Writer) -> None:
         run_lanes(write, items, lanes=EXTRACT_THREADS if parallel else 1, name="unpack")
     finally:
         items.close()
-    for path, target, name in hardlinks:  # after every file (lanes write in no particular order)
-        writer.hardlink(path, target, name)
+    for path, target in index.hardlinks.items():  # after every file: lanes write in no set order
+        if index.kinds[path] == HARDLINK:  # not replaced by a later file or link
+            writer.hardlink(path, target, path)
