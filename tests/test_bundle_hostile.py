@@ -256,6 +256,26 @@ def test_a_huge_pax_header_is_refused_without_reading_it(tmp_path: Path, dest: P
     assert_refused(archive, dest, tmp_path, "tar headers of one entry take more than")
 
 
+def test_a_negative_tar_size_is_refused(tmp_path: Path, dest: Path) -> None:  # noqa: F811
+    header = bytearray(tarfile.TarInfo("a").tobuf(tarfile.GNU_FORMAT))
+    header[124:136] = b"\xff" * 11 + b"\x00"  # base-256: a negative size
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\x00 " % sum(header)
+    archive = tmp_path / "b.tar"
+    archive.write_bytes(bytes(header) + bytes(1024))
+    assert_refused(archive, dest, tmp_path, 'entry "a" is corrupt (a negative size)')
+
+
+def test_xz_needing_a_huge_dictionary_is_refused_clearly(tmp_path: Path, dest: Path) -> None:  # noqa: F811
+    data = write_tar(tmp_path / "b.tar", [("a.txt", "file", "hello", 0o644)]).read_bytes()
+    archive = tmp_path / "b.txz"
+    archive.write_bytes(lzma.compress(data, preset=9))  # a 64 MiB dictionary
+    assert_refused(archive, dest, tmp_path, "b.txz: xz-compressed with a dictionary needing over 20 MiB")
+    archive.write_bytes(lzma.compress(data, preset=7) + lzma.compress(b"", preset=1))  # two streams
+    out = unpack(archive, tmp_path / "out", max_files=9, max_unpacked_bytes=BIG)
+    assert (out / "a.txt").read_text() == "hello"
+
+
 def test_a_gzip_stream_that_is_not_a_tar_is_not_an_archive(tmp_path: Path) -> None:
     path = tmp_path / "b.tgz"
     path.write_bytes(zlib.compress(b"just text " * 100, wbits=31))
@@ -327,6 +347,17 @@ def test_an_unsupported_compression_method_is_refused_before_writing(tmp_path: P
     archive.write_bytes(bytes(data))
     assert_refused(archive, dest, tmp_path, '"b.txt"', "compression method 99")
     assert list(dest.iterdir()) == []
+
+
+def test_an_lzma_member_asking_for_a_4_gib_dictionary_is_refused(tmp_path: Path, dest: Path) -> None:  # noqa: F811
+    archive = tmp_path / "b.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(unix_info("l.bin", 0o644), b"x" * 100, zipfile.ZIP_LZMA)
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"l.bin") + len("l.bin")  # the data: version (2), props size (2), props (5)
+    struct.pack_into("<L", data, at + 5, 0xFFFFFFFF)  # the dictionary size in the properties
+    archive.write_bytes(bytes(data))
+    assert_refused(archive, dest, tmp_path, '"l.bin"', "an LZMA dictionary of 4294967295 bytes")
 
 
 def test_a_corrupt_lzma_member_is_refused_naming_it(tmp_path: Path, dest: Path) -> None:  # noqa: F811

@@ -6,9 +6,11 @@ that point outside (resolved through the archive's other links), writing through
 link, a file where a folder is (or the other way round), hardlinks to anything but an earlier file, more
 than ``max_files`` entries, more than ``max_unpacked_bytes`` declared.
 
-``Index`` remembers what the checks need and nothing more: one dict entry per path, the link targets,
-the folders' modes. What it holds is counted against INDEX_BYTES, so a hostile directory (many long
-names) is refused instead of exhausting memory.
+``Index`` remembers what the checks need and nothing more: the kind of every path keyed by the path's
+hash (an int, whatever the name's length), the folders' names and modes, the links and their targets.
+What it holds is counted against INDEX_BYTES, so a hostile directory is refused instead of exhausting
+memory. Two paths whose hashes collide (2^-64, per-process random) read as one: a file then missing or a
+conflict refused, never a check skipped, as a real path always finds its own kind.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ _KINDS = {"file": FILE, "hardlink": HARDLINK, "symlink": SYMLINK, "dir": DIR}
 MAX_DEPTH = 256
 _MAX_PATH_BYTES = 4095  # PATH_MAX less its NUL
 _MAX_NAME_BYTES = 255  # NAME_MAX
-#: Memory the checks may use for names and link targets (about 200,000 entries of 200-byte paths).
-INDEX_BYTES = 64 << 20
+#: Memory the checks may use for names and link targets (200,000 entries of 120-character paths).
+INDEX_BYTES = 48 << 20
 _SLOT_BYTES = 80  # a dict or set slot, with the table's spare room
 _INT_BYTES = 32  # an int object (modes, ordinals)
 #: Path characters link resolution may look up in all (a few hundred ms; 200,000 links use a tenth).
@@ -139,12 +141,13 @@ class Index:
         self.max_files = max_files
         self.max_bytes = max_unpacked_bytes
         self.max_path_bytes = max_path_bytes
-        self.kinds: dict[str, int] = {}  # insertion order: a folder always before what it holds
+        self.kinds: dict[int, int] = {}  # hash(path) -> kind
+        self.folder_paths: list[str] = []  # declared or implied, each after its parent
         self.links: dict[str, str] = {}
         self.hardlinks: dict[str, str] = {}
         self.linked: set[str] = set()  # hardlink targets: never replaced by a later duplicate
         self.dir_modes: dict[str, int] = {}
-        self.last: dict[str, int] = {}  # path -> ordinal of its final occurrence, for duplicates only
+        self.last: dict[int, int] = {}  # hash(path) -> ordinal of its final occurrence, duplicates only
         self.count = 0
         self.declared = 0
         self.held = 0
@@ -176,13 +179,16 @@ class Index:
         self._parents(member, path)
         kind = _KINDS[member.kind]
         hardlink_target = self._hardlink_target(member) if kind == HARDLINK else ""
-        before = self.kinds.get(path)
+        key = hash(path)
+        before = self.kinds.get(key)
         if before is not None:
             self._replace(member, path, kind, before, ordinal)
         else:
-            self._hold(member, sys.getsizeof(path) + _SLOT_BYTES)
+            self._hold(member, _SLOT_BYTES + _INT_BYTES)
             self._top(path)
-        self.kinds[path] = kind
+            if kind == DIR:
+                self._folder(member, path)
+        self.kinds[key] = kind
         if kind == DIR:
             self._hold(member, _SLOT_BYTES + _INT_BYTES)
             self.dir_modes[path] = member.mode
@@ -208,7 +214,7 @@ class Index:
             raise self._fail(member, f'replaces "{shown(path)}", which an earlier hardlink links to')
         if before in (FILE, HARDLINK):
             self._hold(member, _SLOT_BYTES + _INT_BYTES)
-            self.last[path] = ordinal
+            self.last[hash(path)] = ordinal
 
     def _parents(self, member: Member, path: str) -> None:
         """Record the folders above ``path``, outermost first; refuse writing under a file or link."""
@@ -216,7 +222,7 @@ class Index:
         missing: list[str] = []
         while cut > 0:
             parent = path[:cut]
-            kind = self.kinds.get(parent)
+            kind = self.kinds.get(hash(parent))
             if kind == SYMLINK:
                 raise self._fail(member, f'would be written through symlink "{shown(parent)}"')
             if kind in (FILE, HARDLINK):
@@ -226,9 +232,14 @@ class Index:
             missing.append(parent)
             cut = parent.rfind("/")
         for parent in reversed(missing):
-            self._hold(member, sys.getsizeof(parent) + _SLOT_BYTES)
-            self.kinds[parent] = IMPLIED
+            self._hold(member, _SLOT_BYTES + _INT_BYTES)
+            self.kinds[hash(parent)] = IMPLIED
             self._top(parent)
+            self._folder(member, parent)
+
+    def _folder(self, member: Member, path: str) -> None:
+        self._hold(member, sys.getsizeof(path) + 8)
+        self.folder_paths.append(path)
 
     def _top(self, path: str) -> None:
         if len(self.tops) < 2:  # all hoisting needs to know: one top-level name, or several
@@ -241,7 +252,7 @@ class Index:
             raise self._fail(
                 member, f'is a hardlink to "{shown(member.target)}", outside the bundle folder'
             ) from e
-        if self.kinds.get(target) not in (FILE, HARDLINK):
+        if self.kind(target) not in (FILE, HARDLINK):
             raise self._fail(
                 member,
                 f'is a hardlink to "{shown(member.target)}", which is not an earlier file of the archive',
@@ -273,17 +284,23 @@ class Index:
 
     def folders(self) -> Iterator[str]:
         """Every folder to create, declared or implied, each after its parent."""
-        return (path for path, kind in self.kinds.items() if kind in (DIR, IMPLIED))
+        return iter(self.folder_paths)
 
     def final(self, path: str, ordinal: int) -> bool:
         """Whether the ``ordinal``-th member, at ``path``, is the occurrence to write."""
-        last = self.last.get(path)
+        if not self.last:
+            return True
+        last = self.last.get(hash(path))
         return last is None or last == ordinal
+
+    def kind(self, path: str) -> int | None:
+        """The final kind of the entry at ``path`` (None when there is none)."""
+        return self.kinds.get(hash(path))
 
     def kind_of(self, path: str) -> int | None:
         """The final kind at ``path``, a symlink followed (None when absent, escaping or a loop)."""
-        kind = self.kinds.get(path)
+        kind = self.kind(path)
         if kind == SYMLINK:
             final, problem = _resolve(path, self.links[path], self.links, 0, self.budget)
-            return None if problem else self.kinds.get(final, DIR if final == "" else None)
+            return None if problem else DIR if final == "" else self.kind(final)
         return kind

@@ -87,7 +87,7 @@ def _write(reader: Reader, index: Index, writer: Writer) -> None:
                 path = index.path(member)
                 if not index.final(path, ordinal):
                     continue
-                if index.kinds.get(path) != _KINDS[member.kind]:
+                if index.kind(path) != _KINDS[member.kind]:
                     raise BundleError(f"{reader.label}: {entry(member.name)} changed while being unpacked")
                 if member.kind != "hardlink":
                     yield path, member
@@ -106,5 +106,5 @@ def _write(reader: Reader, index: Index, writer: Writer) -> None:
     finally:
         items.close()
     for path, target in index.hardlinks.items():  # after every file: lanes write in no set order
-        if index.kinds[path] == HARDLINK:  # not replaced by a later file or link
+        if index.kind(path) == HARDLINK:  # not replaced by a later file or link
             writer.hardlink(path, target, path)

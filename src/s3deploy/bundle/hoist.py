@@ -18,7 +18,7 @@ def bundle_top(index: Index) -> str | None:
     if len(index.tops) != 1:
         return None
     (top,) = index.tops
-    if index.kinds.get(top) not in (DIR, IMPLIED):  # a link to a folder is not hoisted into
+    if index.kind(top) not in (DIR, IMPLIED):  # a link to a folder is not hoisted into
         return None
     if any(index.kind_of(f"{top}/{name}") in (FILE, HARDLINK) for name in APPSPEC_NAMES):
         return top

@@ -18,13 +18,16 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Generator
-from typing import IO, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
 from s3deploy.bundle.member import CHUNK_BYTES, MAX_LINK_BYTES, Member, entry, shown
 from s3deploy.errors import BundleError
 
 #: Most bytes the headers of one member may take (pax records, GNU long names, sparse maps).
 HEADER_BYTES = 1 << 20
+#: Most memory an xz decoder may use: its dictionary fills up to that size (xz -7 and below: 16 MiB;
+#: a hostile header may ask for 1.5 GiB).
+XZ_MEMORY = 20 << 20
 _TAR_ERRORS = (
     tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError, RecursionError, ValueError, struct.error,
 )  # fmt: skip
@@ -82,13 +85,75 @@ class _Guard:
             self.header_left = None
 
 
+class _XzReader(io.RawIOBase):
+    """xz streams (concatenated, as lzma.LZMAFile reads them) decoded within XZ_MEMORY; seekable as
+    tarfile needs (forward by decoding, backward by starting over)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._rewind()
+
+    def _rewind(self) -> None:
+        self._raw.seek(0)
+        self._decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMORY)
+        self._pos = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._decode(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _decode(self, size: int) -> bytes:
+        while not self._done:
+            if self._decoder.eof:  # another stream may follow; anything else (padding) ends the file
+                rest = self._decoder.unused_data or self._raw.read(1 << 16)
+                if not rest:
+                    break
+                self._decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMORY)
+                try:
+                    data = self._decoder.decompress(rest, size)
+                except lzma.LZMAError:
+                    break
+            else:
+                piece = self._raw.read(1 << 16) if self._decoder.needs_input else b""
+                if not piece and self._decoder.needs_input:
+                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                data = self._decoder.decompress(piece, size)
+            if data:
+                self._pos += len(data)
+                return data
+        self._done = True
+        return b""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._pos + offset
+        if whence not in (io.SEEK_SET, io.SEEK_CUR):
+            raise io.UnsupportedOperation("seek from the end of an xz stream")
+        if target < self._pos:
+            self._rewind()
+        while self._pos < target and self._decode(min(target - self._pos, 1 << 20)):
+            pass
+        return self._pos
+
+
 def _decompressing(raw: IO[bytes], compression: str) -> contextlib.AbstractContextManager[_Stream]:
     if compression == "gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if compression == "bz2":
         return bz2.BZ2File(raw)
     if compression == "xz":
-        return lzma.LZMAFile(raw)
+        return io.BufferedReader(_XzReader(raw))
     return contextlib.nullcontext(raw)
 
 
@@ -116,6 +181,13 @@ class TarReader:
                     tf.members.clear()  # type: ignore[attr-defined]  # one header at a time, always
                     yield self._member(info)
                     last = info.name
+            except lzma.LZMAError as e:
+                if "Memory usage limit" not in str(e):
+                    raise BundleError(f"{self.label}: corrupt xz-compressed tar archive ({shown(e)})") from e
+                raise BundleError(
+                    f"{self.label}: xz-compressed with a dictionary needing over {XZ_MEMORY >> 20} MiB "
+                    "(xz -8 or -9); compress it with xz -7 or less, or gzip"
+                ) from e
             except _TAR_ERRORS as e:
                 raise BundleError(
                     f"{self.label}: corrupt or truncated tar archive after "
@@ -125,6 +197,8 @@ class TarReader:
                 self._tf = None
 
     def _member(self, m: tarfile.TarInfo) -> Member:
+        if m.size < 0:  # base-256 sizes can be negative; the declared total must only grow
+            raise BundleError(f"{self.label}: {entry(m.name)} is corrupt (a negative size)")
         if m.isreg():
             return Member(m.name, "file", m.mode & 0o7777, m.size, ref=m)
         if m.isdir():

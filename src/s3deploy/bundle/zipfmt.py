@@ -31,6 +31,8 @@ _ZIP64_EXTRA = 0x0001
 _FULL = 0xFFFFFFFF
 STORED, DEFLATED, BZIP2, LZMA = 0, 8, 12, 14
 _METHODS = {STORED: "stored", DEFLATED: "deflate", BZIP2: "bzip2", LZMA: "lzma"}
+#: Largest LZMA dictionary accepted (7-Zip's default and zipfile's are 16 MiB or less).
+LZMA_DICT_BYTES = 16 << 20
 _DATA_ERRORS = (zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, struct.error)
 
 
@@ -276,6 +278,8 @@ def _lzma(header: bytes) -> tuple[_Decompressor, int]:
         raise lzma.LZMAError("short LZMA properties")
     lc, lp, pb = props[0] % 9, props[0] // 9 % 5, props[0] // 45
     dict_size = int.from_bytes(props[1:5], "little")
+    if dict_size > LZMA_DICT_BYTES:  # the decoder holds that much: a hostile header asks for 4 GiB
+        raise lzma.LZMAError(f"an LZMA dictionary of {dict_size} bytes; at most {LZMA_DICT_BYTES} accepted")
     filters = [{"id": lzma.FILTER_LZMA1, "dict_size": dict_size, "lc": lc, "lp": lp, "pb": pb}]
     return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters), 4 + int(props_len)
 
