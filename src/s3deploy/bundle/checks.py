@@ -9,8 +9,9 @@ than ``max_files`` entries, more than ``max_unpacked_bytes`` declared.
 ``Index`` remembers what the checks need and nothing more: the kind of every path keyed by the path's
 hash (an int, whatever the name's length), the folders' names and modes, the links and their targets.
 What it holds is counted against INDEX_BYTES, so a hostile directory is refused instead of exhausting
-memory. Two paths whose hashes collide (2^-64, per-process random) read as one: a file then missing or a
-conflict refused, never a check skipped, as a real path always finds its own kind.
+memory. Two paths whose hashes collide (about 2^-64, the hash is randomised per process) read as one: a
+file then goes missing, a conflict is refused, or a parent folder is taken as known. None of these can
+write outside: every link is still resolved by its real path and must stay inside.
 """
 
 from __future__ import annotations
@@ -190,15 +191,15 @@ class Index:
                 self._folder(member, path)
         self.kinds[key] = kind
         if kind == DIR:
-            self._hold(member, _SLOT_BYTES + _INT_BYTES)
+            self._hold(member, sys.getsizeof(path) + _SLOT_BYTES + _INT_BYTES)
             self.dir_modes[path] = member.mode
         elif kind == SYMLINK:
             if not member.target or member.target.startswith("/") or "\x00" in member.target:
                 raise self._fail(member, f"is a symlink that {link_problem(path, member.target, {})}")
-            self._hold(member, sys.getsizeof(member.target) + _SLOT_BYTES)
+            self._hold(member, sys.getsizeof(path) + sys.getsizeof(member.target) + _SLOT_BYTES)
             self.links[path] = member.target  # resolved in check_links, once every link is known
         elif kind == HARDLINK:
-            self._hold(member, sys.getsizeof(hardlink_target) + 2 * _SLOT_BYTES)
+            self._hold(member, sys.getsizeof(path) + sys.getsizeof(hardlink_target) + 2 * _SLOT_BYTES)
             self.hardlinks[path] = hardlink_target
             self.linked.add(hardlink_target)
 
