@@ -374,9 +374,14 @@ def test_non_empty_destination_refused(tmp_path: Path) -> None:
 
 def test_too_many_entries_refused_in_zip_and_tar(tmp_path: Path, dest: Path) -> None:
     entries: list[Spec] = [(f"f{i}", "file", "v", 0o644) for i in range(6)]
-    for archive in (write_zip(tmp_path / "b.zip", entries), write_tar(tmp_path / "b.tar", entries)):
-        assert_refused(archive, dest, tmp_path, "max_files=5", '"f5"', max_files=5)
-        assert list(dest.iterdir()) == []
+    zipped, tarred = write_zip(tmp_path / "b.zip", entries), write_tar(tmp_path / "b.tar", entries)
+    assert_refused(
+        zipped, dest, tmp_path, '6 entries exceed max_files=5 (entry "f5" is one too many)', max_files=5
+    )
+    assert_refused(
+        tarred, dest, tmp_path, 'more than max_files=5 entries (entry "f5" is one too many)', max_files=5
+    )
+    assert list(dest.iterdir()) == []
     assert unpack(tmp_path / "b.tar", dest, max_files=6, max_unpacked_bytes=BIG) == dest
 
 

@@ -137,8 +137,11 @@ class Index:
     A later duplicate of a file or link wins (``final``): only its last occurrence is written.
     """
 
-    def __init__(self, label: str, max_files: int, max_unpacked_bytes: int, max_path_bytes: int) -> None:
+    def __init__(
+        self, label: str, max_files: int, max_unpacked_bytes: int, max_path_bytes: int, declared: int | None
+    ) -> None:
         self.label = label
+        self.declared_count = declared
         self.max_files = max_files
         self.max_bytes = max_unpacked_bytes
         self.max_path_bytes = max_path_bytes
@@ -169,7 +172,12 @@ class Index:
                 return  # "./": the root folder itself
             raise self._fail(member, "has an empty name")
         if self.count >= self.max_files:
-            raise self._fail(member, f"is one too many: more than max_files={self.max_files} entries")
+            many = (
+                f"{self.declared_count} entries exceed max_files={self.max_files}"
+                if self.declared_count and self.declared_count > self.max_files
+                else f"more than max_files={self.max_files} entries"
+            )
+            raise BundleError(f"{self.label}: {many} ({entry(member.name)} is one too many)")
         self.count += 1
         self.declared += member.size
         if self.declared > self.max_bytes:

@@ -54,7 +54,8 @@ def unpack(archive: Path, dest: Path, *, max_files: int, max_unpacked_bytes: int
         if any(dest.iterdir()):
             raise BundleError(f"{label}: cannot unpack into {printable(dest)}: the folder is not empty")
         root = str(dest)
-        index = Index(label, max_files, max_unpacked_bytes, max(_PATH_MAX - len(os.fsencode(root)) - 1, 0))
+        room = max(_PATH_MAX - len(os.fsencode(root)) - 1, 0)  # for paths below dest
+        index = Index(label, max_files, max_unpacked_bytes, room, reader.count)
         with contextlib.closing(reader.members()) as members:
             for ordinal, member in enumerate(members):
                 index.add(member, ordinal)

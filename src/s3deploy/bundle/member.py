@@ -50,6 +50,8 @@ class Reader(Protocol):
     #: True when ``chunks`` may be called from several threads and in any order (zip); a tar member's
     #: data must be read right after ``members()`` yielded it, in the same thread.
     parallel: bool
+    #: How many entries the archive says it holds, when it says so before they are read (zip).
+    count: int | None
 
     def members(self) -> Generator[Member, None, None]:
         """Every member, in archive order; each call is a fresh pass over the archive."""

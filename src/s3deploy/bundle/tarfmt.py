@@ -161,6 +161,7 @@ class TarReader:
     """Members of the tar archive open as ``fd`` (``compression`` "", "gz", "bz2" or "xz")."""
 
     parallel = False  # a member's data is read right after its header, in order
+    count: int | None = None  # unknown before the whole archive is read
 
     def __init__(self, fd: int, label: str, compression: str) -> None:
         self.fd = fd

@@ -54,6 +54,7 @@ class Directory(NamedTuple):
     start: int
     size: int
     shift: int
+    entries: int  # as the end record declares
 
 
 def find_directory(fd: int, file_size: int, label: str) -> Directory | None:
@@ -70,7 +71,7 @@ def find_directory(fd: int, file_size: int, label: str) -> Directory | None:
     if at < 0:
         return None
     end_pos = file_size - tail_len + at
-    _, disk, cd_disk, _, _, cd_size, cd_offset, _ = _END.unpack_from(tail, at)
+    _, disk, cd_disk, _, count, cd_size, cd_offset, _ = _END.unpack_from(tail, at)
     directory_end = end_pos
     locator = os.pread(fd, _END64_LOCATOR.size, end_pos - _END64_LOCATOR.size) if end_pos >= 20 else b""
     if locator[:4] == b"PK\x06\x07":
@@ -79,13 +80,13 @@ def find_directory(fd: int, file_size: int, label: str) -> Directory | None:
         record = os.pread(fd, _END64.size, directory_end) if directory_end >= 0 else b""
         if record[:4] != b"PK\x06\x06" or disks > 1:
             raise BundleError(f"{label}: corrupt zip64 end record, or an archive split over several disks")
-        disk, cd_disk, _, _, cd_size, cd_offset = _END64.unpack(record)[4:]
+        disk, cd_disk, _, count, cd_size, cd_offset = _END64.unpack(record)[4:]
     if disk or cd_disk:
         raise BundleError(f"{label}: zip archive split over several disks; not supported")
     shift = directory_end - cd_size - cd_offset
     if shift < 0:
         raise BundleError(f"{label}: corrupt zip archive (its central directory lies outside the file)")
-    return Directory(cd_offset + shift, cd_size, shift)
+    return Directory(cd_offset + shift, cd_size, shift, count)
 
 
 class _Cursor:
@@ -122,6 +123,7 @@ class ZipReader:
         self.label = label
         self.size = os.fstat(fd).st_size
         self.directory = directory
+        self.count: int | None = directory.entries
 
     def _fail(self, name: str, why: str) -> BundleError:
         return BundleError(f"{self.label}: {entry(name)} {why}")
