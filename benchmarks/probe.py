@@ -4,7 +4,8 @@
 pinned, verified download (``--sha256``: also the SHA-256 of the bytes written; ``--expect-sha256``:
 verified against that SHA-256 instead of S3's checksum, as a signed bundle is); seconds (imports and
 client creation excluded) and the process's peak RSS (VmHWM).
-``python -m benchmarks.probe unpack ARCHIVE DEST``: ``bundle.unpack`` in this process.
+``python -m benchmarks.probe unpack ARCHIVE DEST``: ``bundle.unpack`` in this process; seconds and the
+process's peak RSS.
 ``python -m benchmarks.probe deploy CONFIG STATE_DIR SECTION``: one daemon poll of SECTION (detect →
 download → unpack → install → hooks → state) with the S3 client already open, as in the daemon.
 """
@@ -46,7 +47,7 @@ def _unpack(archive: str, dest: str) -> dict[str, Any]:
 
     started = time.perf_counter()
     unpack(Path(archive), Path(dest), max_files=1_000_000, max_unpacked_bytes=1 << 40)
-    return {"seconds": time.perf_counter() - started}
+    return {"seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib()}
 
 
 async def _deploy(config_path: str, state_dir: str, section: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""bundle.py: real archives built here with zipfile/tarfile, unpacked into tmp_path, checked on disk."""
+"""bundle/: real archives built here with zipfile/tarfile, unpacked into tmp_path, checked on disk."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from s3deploy.bundle import extract as bundle
-from s3deploy.bundle.extract import detect_format, unpack
+from s3deploy.bundle.checks import Index
+from s3deploy.bundle.extract import unpack
+from s3deploy.bundle.formats import detect_format
+from s3deploy.bundle.member import Member
 from s3deploy.bundle.pack import make_zip
 from s3deploy.errors import BundleError
 
@@ -372,9 +374,14 @@ def test_non_empty_destination_refused(tmp_path: Path) -> None:
 
 def test_too_many_entries_refused_in_zip_and_tar(tmp_path: Path, dest: Path) -> None:
     entries: list[Spec] = [(f"f{i}", "file", "v", 0o644) for i in range(6)]
-    for archive in (write_zip(tmp_path / "b.zip", entries), write_tar(tmp_path / "b.tar", entries)):
-        assert_refused(archive, dest, tmp_path, "max_files=5", '"f5"', max_files=5)
-        assert list(dest.iterdir()) == []
+    zipped, tarred = write_zip(tmp_path / "b.zip", entries), write_tar(tmp_path / "b.tar", entries)
+    assert_refused(
+        zipped, dest, tmp_path, '6 entries exceed max_files=5 (entry "f5" is one too many)', max_files=5
+    )
+    assert_refused(
+        tarred, dest, tmp_path, 'more than max_files=5 entries (entry "f5" is one too many)', max_files=5
+    )
+    assert list(dest.iterdir()) == []
     assert unpack(tmp_path / "b.tar", dest, max_files=6, max_unpacked_bytes=BIG) == dest
 
 
@@ -398,13 +405,13 @@ def test_bytes_counted_while_streaming_when_headers_understate(
     archive = write_zip(
         tmp_path / "b.zip", [("a.bin", "file", "x" * 3000, 0o644), ("b.bin", "file", "y" * 3000, 0o644)]
     )
-    real_add = bundle._Plan.add
+    real_add = Index.add
 
-    def understating_add(self: bundle._Plan, entry: bundle._Entry) -> None:
-        entry.size = 1
-        real_add(self, entry)
+    def understating_add(self: Index, member: Member, ordinal: int) -> None:
+        member.size = 1
+        real_add(self, member, ordinal)
 
-    monkeypatch.setattr(bundle._Plan, "add", understating_add)
+    monkeypatch.setattr(Index, "add", understating_add)
     assert_refused(
         archive, dest, tmp_path, '"b.bin"', "more data than the archive's headers declare", max_bytes=5000
     )

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
-from s3deploy.bundle import extract as bundle
+from s3deploy.bundle import extract
+from s3deploy.bundle.checks import Index
 from s3deploy.bundle.extract import unpack
+from s3deploy.bundle.member import Member
 from s3deploy.bundle.pack import make_zip
+from s3deploy.bundle.writer import Writer
 from tests.test_bundle import *  # noqa: F403 - the same tests (and their fixtures), run below in parallel mode
 
 
 @pytest.fixture(autouse=True)
 def parallel_extraction(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bundle, "PARALLEL_MIN_ENTRIES", 1)
+    monkeypatch.setattr(extract, "PARALLEL_MIN_ENTRIES", 1)
 
 
 def _tree(root: Path) -> dict[str, tuple[str, int, bytes]]:
@@ -50,13 +54,13 @@ def test_big_tree_is_exact_and_written_by_several_threads(
     archive = tmp_path / "b.zip"
     make_zip(src, archive)
     writers: set[str] = set()
-    real_extract = bundle._Extractor.extract
+    real_file = Writer.file
 
-    def spy(self: bundle._Extractor, entry: bundle._Entry, data: object) -> None:
+    def spy(self: Writer, path: str, name: str, mode: int, chunks: Generator[bytes, None, None]) -> None:
         writers.add(threading.current_thread().name)
-        real_extract(self, entry, data)  # type: ignore[arg-type]
+        real_file(self, path, name, mode, chunks)
 
-    monkeypatch.setattr(bundle._Extractor, "extract", spy)
+    monkeypatch.setattr(Writer, "file", spy)
     out = unpack(archive, tmp_path / "out", max_files=10_000, max_unpacked_bytes=10**9)
 
     assert _tree(out) == _tree(src)
@@ -69,13 +73,13 @@ def test_bytes_counted_while_streaming_when_headers_understate(  # noqa: F811 - 
     archive = write_zip(  # noqa: F405
         tmp_path / "b.zip", [("a.bin", "file", "x" * 3000, 0o644), ("b.bin", "file", "y" * 3000, 0o644)]
     )
-    real_add = bundle._Plan.add
+    real_add = Index.add
 
-    def understating_add(self: bundle._Plan, entry: bundle._Entry) -> None:
-        entry.size = 1
-        real_add(self, entry)
+    def understating_add(self: Index, member: Member, ordinal: int) -> None:
+        member.size = 1
+        real_add(self, member, ordinal)
 
-    monkeypatch.setattr(bundle._Plan, "add", understating_add)
+    monkeypatch.setattr(Index, "add", understating_add)
     # Written by two threads: whichever entry crosses the limit second is the one named.
     error = assert_refused(  # noqa: F405
         archive, dest, tmp_path, "more data than the archive's headers declare", max_bytes=5000

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import s3deploy.bundle.extract
+import s3deploy.bundle.writer
 import s3deploy.fetch
 import s3deploy.install.copy
 import s3deploy.install.installer
@@ -301,7 +302,7 @@ async def test_every_line_of_a_deployment_carries_section_and_deployment_id_thre
     monkeypatch.setattr(s3deploy.install.copy, "PARALLEL_MIN_FILES", 1)
     thread_logger = logging.getLogger("tests.threads")
     for module, name in (
-        (s3deploy.bundle.extract, "_extract_one"),
+        (s3deploy.bundle.writer.Writer, "file"),
         (s3deploy.install.copy, "_install_file"),
     ):
         real = getattr(module, name)
@@ -339,7 +340,7 @@ async def test_every_line_of_a_deployment_carries_section_and_deployment_id_thre
 
     text = text_out.getvalue().splitlines()
     threads = [line for line in text if "in a worker thread" in line]
-    assert {line.split()[1].split("_")[0] for line in threads} == {"unpack", "install"}
+    assert {line.split()[1].split("-")[0] for line in threads} == {"unpack", "install"}
     assert all(f" {dep.id} [Web] " in line for line in threads)
     assert any(line.endswith(f"{dep.id} [Web] AfterInstall: hook says hi") for line in text)
 

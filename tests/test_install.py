@@ -88,11 +88,10 @@ class Host:
 
 @pytest.fixture(params=["sequential", "threads"])
 def host(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
-    """Every test on ``host`` runs twice: files copied in order, and each file a batch of its own over
-    the copy threads (the path plans of PARALLEL_MIN_FILES files take)."""
+    """Every test on ``host`` runs twice: files copied in order, and over the copy lanes (the path plans
+    of PARALLEL_MIN_FILES files take)."""
     if request.param == "threads":
         monkeypatch.setattr(copy_module, "PARALLEL_MIN_FILES", 1)
-        monkeypatch.setattr(copy_module, "COPY_BATCH", 1)
     return Host(tmp_path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from s3deploy.appspec import BundleCheck, inspect_bundle
 from s3deploy.bundle.extract import unpack
 from s3deploy.bundle.pack import make_zip
+from s3deploy.common.text import printable
 from s3deploy.errors import AppSpecError, BundleError
 
 if TYPE_CHECKING:
@@ -26,11 +28,26 @@ CHECK_MAX_BYTES = 10 * 2**30
 
 def check_path(path: Path) -> BundleCheck:
     """Every problem, warning and note of a bundle folder or archive (an archive is unpacked into a
-    temporary folder)."""
-    if not path.exists():
-        return BundleCheck([f"{path}: no such file or folder"])
-    if path.is_dir():
+    temporary folder).
+
+    Only a folder or a regular file is read: a fifo or a device (``/dev/zero``) would block or never
+    end. An archive is unpacked within the config's default limits (max_files, max_unpacked_bytes).
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return BundleCheck([f"{printable(path)}: no such file or folder"])
+    except OSError as e:
+        return BundleCheck([f"{printable(path)}: cannot read it ({printable(e.strerror or e)})"])
+    if stat.S_ISDIR(mode):
         return inspect_bundle(path)
+    if not stat.S_ISREG(mode):
+        return BundleCheck(
+            [
+                f"{printable(path)}: not a regular file or a folder; "
+                "validate takes a bundle folder or a zip or tar archive"
+            ]
+        )
     with tempfile.TemporaryDirectory() as tmp:
         try:
             root = unpack(

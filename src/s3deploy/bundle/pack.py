@@ -14,7 +14,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3deploy.bundle.extract import CHUNK_BYTES, link_problem
+from s3deploy.bundle.checks import link_problem, normalise
+from s3deploy.bundle.member import CHUNK_BYTES, shown
+from s3deploy.common.text import printable
 from s3deploy.errors import BundleError
 
 logger = logging.getLogger(__name__)
@@ -33,24 +35,39 @@ class _Source:
     target: str = ""
 
 
-def _scan(root: str, rel: str, skip: str, out: list[_Source]) -> None:
-    """Depth-first, names sorted: the same tree always lists in the same order."""
+def _listing(root: str, rel: str) -> list[tuple[str, os.DirEntry[str]]]:
     with os.scandir(f"{root}/{rel}" if rel else root) as it:
         items = sorted(it, key=lambda d: d.name)
-    for item in items:
-        sub = f"{rel}/{item.name}" if rel else item.name
+    return [(f"{rel}/{item.name}" if rel else item.name, item) for item in items]
+
+
+def _scan(root: str, skip: str, label: str) -> list[_Source]:
+    """Depth-first, names sorted: the same tree always lists in the same order. Iterative, and every
+    path passes the checks unpack applies (depth, name lengths), so what is zipped can be unpacked."""
+    out: list[_Source] = []
+    stack = [iter(_listing(root, ""))]
+    while stack:
+        found = next(stack[-1], None)
+        if found is None:
+            stack.pop()
+            continue
+        sub, item = found
         if item.path == skip:
             continue  # the zip being written, when it is inside the folder
+        normalise(label, sub)
         st = item.stat(follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):
             out.append(_Source(sub, item.path, "symlink", 0o777, os.readlink(item.path)))
         elif stat.S_ISDIR(st.st_mode):
             out.append(_Source(sub, item.path, "dir", stat.S_IMODE(st.st_mode)))
-            _scan(root, sub, skip, out)
+            stack.append(iter(_listing(root, sub)))
         elif stat.S_ISREG(st.st_mode):
             out.append(_Source(sub, item.path, "file", stat.S_IMODE(st.st_mode)))
         else:
-            raise BundleError(f"{item.path}: not a file, folder or symlink; a bundle cannot hold it")
+            raise BundleError(
+                f"{printable(item.path)}: not a file, folder or symlink; a bundle cannot hold it"
+            )
+    return out
 
 
 def make_zip(src_dir: Path, out_path: Path) -> int:
@@ -62,26 +79,30 @@ def make_zip(src_dir: Path, out_path: Path) -> int:
     """
     root = os.path.realpath(src_dir)
     if not os.path.isdir(root):
-        raise BundleError(f"{src_dir}: not a folder; cannot make a bundle from it")
+        raise BundleError(f"{printable(src_dir)}: not a folder; cannot make a bundle from it")
     skip = os.path.join(os.path.realpath(out_path.parent), out_path.name)
-    sources: list[_Source] = []
+    label = printable(src_dir)
     try:
-        _scan(root, "", skip, sources)
+        sources = _scan(root, skip, label)
     except OSError as e:
-        raise BundleError(f"{src_dir}: cannot read {e.filename or ''} ({e.strerror or e})") from e
+        raise BundleError(
+            f"{label}: cannot read {printable(e.filename or '')} ({shown(e.strerror or e)})"
+        ) from e
     links = {s.rel: s.target for s in sources if s.kind == "symlink"}
     for rel, target in links.items():
         problem = link_problem(rel, target, links)
         if problem:
-            raise BundleError(f"{src_dir}: symlink {rel} {problem}; bundles may only link inside themselves")
+            raise BundleError(
+                f"{label}: symlink {printable(rel)} {problem}; bundles may only link inside themselves"
+            )
     try:
         with zipfile.ZipFile(out_path, "w", zipfile.ZIP_DEFLATED) as zf:
             for source in sources:
                 _write_source(zf, source)
     except (OSError, UnicodeEncodeError) as e:
         out_path.unlink(missing_ok=True)
-        raise BundleError(f"{out_path.name}: cannot write the zip of {src_dir} ({e})") from e
-    logger.info("zipped %s into %s: %d entries", src_dir, out_path, len(sources))
+        raise BundleError(f"{printable(out_path.name)}: cannot write the zip of {label} ({shown(e)})") from e
+    logger.info("zipped %s into %s: %d entries", label, printable(out_path), len(sources))
     return len(sources)
 
 

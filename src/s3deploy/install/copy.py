@@ -10,16 +10,15 @@ modes file where the release was narrowed) and mtime, symlinks stay symlinks.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from s3deploy.common.lanes import run_lanes
 from s3deploy.errors import InstallError
 from s3deploy.install.cancel import checkpoint
 from s3deploy.install.dirs import Dirs, split
@@ -32,9 +31,6 @@ _T = TypeVar("_T")
 # directory entry), which threads overlap; the data itself moves in the kernel (sendfile).
 PARALLEL_MIN_FILES = 256
 COPY_THREADS = 4
-# Threads take whole folders, gathered into batches of at least this many files, the next batch going to
-# whichever thread is free: threads creating files in the same folder queue on its lock.
-COPY_BATCH = 64
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SENDFILE_BYTES = 1 << 30
 
@@ -62,55 +58,35 @@ def create_dirs(plan: Plan, dirs: Dirs, cancel: threading.Event | None) -> None:
 def copy_files(
     plan: Plan, modes: Mapping[Path, int], roots: Iterable[str], cancel: threading.Event | None
 ) -> None:
-    """Copy the plan's files; the first failure stops every thread and is raised.
+    """Copy the plan's files; the first failure stops every lane and is raised.
 
     Every folder exists already and every destination is distinct (the plan refuses two sources for
-    one), so the files need no order among them. The cleanup list written before covers all of them,
-    so a failure (or a cancel) leaves nothing on disk that the list does not hold.
+    one), so the files need no order among them; the files of one folder go to one lane (threads creating
+    files in the same folder would queue on its lock). The cleanup list written before covers all of
+    them, so a failure (or a cancel) leaves nothing on disk that the list does not hold.
     """
     files = list(plan.files.items())
     roots = list(roots)
-    failed = threading.Event()
+    local = threading.local()
+    opening = threading.Lock()
+    with contextlib.ExitStack() as stack:
 
-    def run(batch: list[tuple[str, Path]]) -> None:
-        with Dirs(roots) as dirs:
-            for dest, source in batch:
-                if failed.is_set():
-                    return
-                try:
-                    checkpoint(cancel)
-                    parent, name = split(dest)
-                    try:
-                        folder = dirs.open(parent)
-                    except OSError as e:
-                        raise InstallError(f"cannot open folder {parent}: {e}") from e
-                    _install_file(source, folder, dest, modes)
-                except BaseException:
-                    failed.set()
-                    raise
+        def copy(item: tuple[str, Path]) -> None:
+            dest, source = item
+            checkpoint(cancel)
+            dirs: Dirs | None = getattr(local, "dirs", None)
+            if dirs is None:  # one descriptor cache per lane, all closed when the copy ends
+                with opening:
+                    dirs = local.dirs = stack.enter_context(Dirs(roots))
+            parent, _ = split(dest)
+            try:
+                folder = dirs.open(parent)
+            except OSError as e:
+                raise InstallError(f"cannot open folder {parent}: {e}") from e
+            _install_file(source, folder, dest, modes)
 
-    if len(files) < PARALLEL_MIN_FILES:
-        run(files)
-        return
-    with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="install") as pool:
-        # Each thread logs with the deployment's section and id (log.py): a copy of the context each.
-        futures = [pool.submit(contextvars.copy_context().run, run, batch) for batch in _batches(files)]
-    errors = [e for e in (f.exception() for f in futures) if e is not None]
-    if errors:  # a real failure rather than the cancel it may have raced with
-        raise next((e for e in errors if type(e) is InstallError), errors[0])
-
-
-def _batches(files: list[tuple[str, Path]]) -> list[list[tuple[str, Path]]]:
-    """``files`` grouped by folder (in plan order), consecutive folders joined up to COPY_BATCH files."""
-    by_folder: dict[str, list[tuple[str, Path]]] = {}
-    for dest, source in files:
-        by_folder.setdefault(split(dest)[0], []).append((dest, source))
-    batches: list[list[tuple[str, Path]]] = [[]]
-    for group in by_folder.values():
-        if len(batches[-1]) >= COPY_BATCH:
-            batches.append([])
-        batches[-1].extend(group)
-    return batches
+        lanes = COPY_THREADS if len(files) >= PARALLEL_MIN_FILES else 1
+        run_lanes(copy, files, lanes=lanes, key=lambda item: split(item[0])[0], name="install")
 
 
 def _install_file(source: Path, folder: int, dest: str, modes: Mapping[Path, int]) -> None:
