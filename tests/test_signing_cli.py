@@ -67,8 +67,8 @@ def test_validate_lists_every_problem_of_the_signers_file_by_file_and_line(
     signers.write_text(f"ci {ssh_keys['ed25519'].line}\n")
     done = cli("validate", "-c", str(config))
     assert done.returncode == 0, done.stderr
-    relative = write_config(tmp_path / "relative.ini", {"Prod": {"s3_bucket": "b", "target_file_key": "k",
-                                                                 "trusted_signers": "allowed_signers"}})  # fmt: skip
+    section = {"s3_bucket": "b", "target_file_key": "k", "trusted_signers": "allowed_signers"}
+    relative = write_config(tmp_path / "relative.ini", {"Prod": section})
     done = cli("validate", "-c", str(relative))
     assert done.returncode == 2
     assert (
