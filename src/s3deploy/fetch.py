@@ -24,7 +24,6 @@ from s3deploy.config import Section
 from s3deploy.errors import RevisionChanged, S3DeployError, SourceError, describe
 from s3deploy.install.release_modes import restrict_release
 from s3deploy.lifecycle.pipeline import Release
-from s3deploy.signing.errors import SignersFileError
 from s3deploy.source.s3 import Endpoint, ProgressCallback, Revision, S3Pool
 from s3deploy.state.layout import StateLayout
 
@@ -58,8 +57,11 @@ def fetch_failure(error: Exception, timeout_s: float) -> tuple[str, bool]:
         return f"deployment_timeout of {timeout_s:g}s reached during DownloadBundle", True
     if disk_full(error):
         return f"disk full: {describe(error)}; the revision is tried again later", True
-    if isinstance(error, SignersFileError):  # this host's file, not the revision: fixed, it deploys
-        return f"{describe(error)}; the revision is tried again later", True
+    if isinstance(error, S3DeployError) and str(error).startswith("signature: trusted_signers: "):
+        from s3deploy.signing.errors import SignersFileError  # signed sections only load signing
+
+        if isinstance(error, SignersFileError):  # this host's file, not the revision: fixed, it deploys
+            return f"{describe(error)}; the revision is tried again later", True
     return describe(error), isinstance(error, SourceError)
 
 
