@@ -32,7 +32,7 @@ from tests.agent import zip_bytes
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 SPEC_KEYS = ["id", "etag", "version_id", "status", "started_at", "finished_at", "failed_event", "error",
-             "rollback_of", "restores"]  # fmt: skip
+             "rollback_of", "restores", "signed_by"]  # fmt: skip
 
 
 class Clock:

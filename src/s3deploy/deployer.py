@@ -29,6 +29,7 @@ from s3deploy.log import log_context
 from s3deploy.releases import Releases
 from s3deploy.runtime.context import AgentContext
 from s3deploy.source.s3 import Endpoint, Revision
+from s3deploy.state.signatures import record_signed_by
 from s3deploy.state.store import Deployment
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,12 @@ class Deployer:
         self.ctx = ctx
         self.endpoint = endpoint
         self.releases = Releases(section.name, ctx.layout, ctx.state)
-        self.fetcher = Fetcher(section, ctx.pool, endpoint, ctx.layout, ctx.progress)
+        gate = None
+        if section.trusted_signers is not None:  # signed bundles (SPEC §11); else no signing code runs
+            from s3deploy.signature_gate import SignatureGate
+
+            gate = SignatureGate(section, ctx.state, ctx.pool, endpoint)
+        self.fetcher = Fetcher(section, ctx.pool, endpoint, ctx.layout, ctx.progress, gate=gate)
         self.group_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"s3deploy:{section.name}"))
 
     def _log_path(self, deployment_id: str) -> Path:
@@ -281,6 +287,8 @@ class Deployer:
         dep_id = await asyncio.to_thread(self.ctx.state.new_deployment_id)
         with log_context(deployment_id=dep_id):
             await self._start(dep_id, good, rollback_of=rollback_of, restores=good.restores or good.id)
+            if good.signed_by is not None:  # verified when downloaded; a release on disk is not re-checked
+                await asyncio.to_thread(record_signed_by, self.ctx.state, dep_id, good.signed_by)
             sink = OutputSink(logger, self._log_path(dep_id))
             try:
                 await asyncio.to_thread(sink.open)

@@ -84,6 +84,8 @@ class Published:
     etag: str | None = None
     version_id: str | None = None
     last_modified: str | None = None
+    #: With --sign-key: the manifest signed into the object's metadata, and the signing key.
+    signed: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,11 +99,17 @@ async def publish_bundle(
     *,
     dry_run: bool = False,
     progress: Any = None,
+    sign_key: Path | None = None,
+    serial: int | None = None,
 ) -> Published:
     """Validate ``directory``'s appspec, zip it (exec bits and symlinks kept) and upload it.
 
     ``progress(what, total)`` may return a per-chunk callback for the upload. Raises AppSpecError
-    listing every problem when the folder is not a valid bundle.
+    listing every problem when the folder is not a valid bundle. With ``sign_key`` (a private key, or a
+    public key whose private half ssh-agent holds) the zip's manifest for s3://BUCKET/KEY is signed
+    with ``ssh-keygen -Y sign`` (``serial`` defaults to the time in milliseconds) and uploaded in the
+    object's metadata (SPEC §11); SigningError when it fails or would not fit AWS's 2 KB (also on a dry
+    run, which checks the key but uploads nothing).
     """
     problems = await asyncio.to_thread(_check_folder, directory)
     if problems:
@@ -110,14 +118,33 @@ async def publish_bundle(
         archive = Path(tmp) / "bundle.zip"
         entries = await asyncio.to_thread(make_zip, directory, archive)
         size = (await asyncio.to_thread(archive.stat)).st_size
+        metadata, signed = None, None
+        if sign_key is not None:
+            metadata, signed = await asyncio.to_thread(_sign, archive, bucket, key, sign_key, serial)
         if dry_run:
-            return Published(bucket, key, entries, size, dry_run=True)
+            return Published(bucket, key, entries, size, dry_run=True, signed=signed)
         callback: ProgressCallback | None = progress(f"s3://{bucket}/{key}", size) if progress else None
         from s3deploy.source.s3 import S3Pool  # `validate` (check_path) never loads the S3 stack
 
         async with S3Pool() as pool:
-            rev = await pool.upload(endpoint, bucket, key, archive, callback)
+            rev = await pool.upload(endpoint, bucket, key, archive, callback, metadata=metadata)
     return Published(
         bucket, key, entries, size, dry_run=False, etag=rev.etag, version_id=rev.version_id,
-        last_modified=rev.last_modified.isoformat(),
+        last_modified=rev.last_modified.isoformat(), signed=signed,
     )  # fmt: skip
+
+
+def _sign(
+    archive: Path, bucket: str, key: str, sign_key: Path, serial: int | None
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The signed metadata of ``archive`` for s3://BUCKET/KEY, and what ``publish`` reports of it."""
+    from s3deploy.signing import Manifest, sign_manifest
+    from s3deploy.signing.manifest import SIGNATURE_METADATA
+    from s3deploy.signing.wire import decode_signature_text, parse_signature
+
+    manifest = Manifest.for_file(archive, bucket, key, serial)
+    metadata = sign_manifest(manifest, sign_key)
+    signature = parse_signature(decode_signature_text(metadata[SIGNATURE_METADATA]))
+    logger.info("signed the manifest of s3://%s/%s (serial %d) with %s", bucket, key, manifest.serial,
+                signature.public_key.fingerprint)  # fmt: skip
+    return metadata, {**manifest.to_json(), "fingerprint": signature.public_key.fingerprint}

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from s3deploy import __version__
-from s3deploy.cli import bundle, deploy, run, sections
+from s3deploy.cli import bundle, deploy, run, sections, signing
 from s3deploy.cli.options import guard
 from s3deploy.log import setup_logging
 
@@ -57,6 +57,7 @@ app.command()(bundle.validate)
 app.command()(bundle.publish)
 app.command()(demo)
 app.command()(version)
+app.add_typer(signing.app, name="signing")
 
 
 def main() -> None:

@@ -66,6 +66,20 @@ def publish(
     region: Annotated[str | None, typer.Option("--region")] = None,
     profile_name: Annotated[str | None, typer.Option("--profile-name", "--profile_name")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and zip, do not upload")] = False,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign-key",
+            help="Sign with ssh-keygen -Y sign: a private key, or a public key held by ssh-agent",
+            dir_okay=False,
+        ),
+    ] = None,
+    serial: Annotated[
+        int | None,
+        typer.Option(
+            "--serial", min=0, max=2**63 - 1, help="Manifest serial (with --sign-key; default: time in ms)"
+        ),
+    ] = None,
     json_: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
@@ -74,6 +88,7 @@ def publish(
     """Validate DIR's appspec, zip DIR (exec bits and symlinks kept), upload it; print the new revision.
 
     Bundles up to 64 MiB go up in one PUT (their ETag is the MD5 the agent verifies), bigger ones in parts.
+    With --sign-key the bundle is signed for sections with trusted_signers (docs/signing.md).
     """
     from s3deploy.publish import publish_bundle  # the S3 stack: only for this command
     from s3deploy.source.s3 import Endpoint
@@ -89,8 +104,11 @@ def publish(
         endpoint = Endpoint(profile_name, region, endpoint_url)
     else:
         raise fail("publish needs -s SECTION, or --bucket and --key", EXIT_USAGE)
+    if serial is not None and sign_key is None:
+        raise fail("--serial is the serial of a signature: it needs --sign-key", EXIT_USAGE)
     with progress_bars(not json_ and not dry_run) as progress:
-        done = arun(publish_bundle(directory, endpoint, bucket, key, dry_run=dry_run, progress=progress))
+        done = arun(publish_bundle(directory, endpoint, bucket, key, dry_run=dry_run, progress=progress,
+                                   sign_key=sign_key, serial=serial))  # fmt: skip
     if json_:
         print(json.dumps(done.to_json(), indent=2))
     elif dry_run:
@@ -99,3 +117,6 @@ def publish(
     else:
         say(f"published s3://{bucket}/{key}: {done.entries} entries, {done.size} bytes, etag {done.etag}"
             + (f", version {done.version_id}" if done.version_id else ""))  # fmt: skip
+    if done.signed and not json_:
+        say(f"signed by {done.signed['fingerprint']}, serial {done.signed['serial']}, "
+            f"sha256 {done.signed['sha256']}")  # fmt: skip

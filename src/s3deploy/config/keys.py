@@ -62,6 +62,11 @@ KEYS: dict[str, Key] = {
         values.parse_size,
         "a whole number of bytes >= 1, or a size like 512MiB, 10GiB, 1G",
     ),
+    "trusted_signers": Key(
+        "trusted_signers",
+        values.parse_destination,
+        "an absolute path to an OpenSSH allowed_signers file (e.g. /etc/s3deploy/allowed_signers)",
+    ),
     "last_fetch_time": Key(
         "last_fetch_time",
         values.parse_time,

@@ -185,10 +185,24 @@ def _load_section(
     for key, spec in KEYS.items():
         if spec.required and key not in values and key not in failed:
             problems.append(f"{where} {key}: missing; expected {spec.what} (required)")
+    signers = values.get("trusted_signers")
+    if isinstance(signers, Path):
+        problems += _signers_problems(where, signers)
     if len(problems) > before:
         return None
     changes: dict[str, Any] = {KEYS[key].field: value for key, value in values.items()}
     return dataclasses.replace(Section(name=name, s3_bucket="", target_file_key=""), **changes)
+
+
+def _signers_problems(where: str, path: Path) -> list[str]:
+    """Every problem of the ``trusted_signers`` file, by file and line: found at load time (and by
+    ``validate``, and a SIGHUP keeps the old config) rather than by a section's first deployment."""
+    from s3deploy.signing.allowed_signers import check_signers_file  # no cryptography: parsing only
+
+    return [
+        f"{where} trusted_signers: expected a readable OpenSSH allowed_signers file; {printable(problem)}"
+        for problem in check_signers_file(path)
+    ]
 
 
 def _check_key(key: str, where: str, problems: list[str]) -> bool:

@@ -37,6 +37,8 @@ class Section:
     max_files: int = 200_000
     max_unpacked_bytes: int = 10 * 1024**3
     last_fetch_time: datetime | None = None
+    #: Signed bundles (SPEC §11): only revisions signed by a key of this allowed_signers file deploy.
+    trusted_signers: Path | None = None
 
     def with_overrides(self, **overrides: object) -> Section:
         """Return a copy with command-line overrides applied, each validated like its config.ini value.

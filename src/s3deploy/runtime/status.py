@@ -8,6 +8,7 @@ from typing import Any
 
 from s3deploy.config import Section
 from s3deploy.state.layout import StateLayout
+from s3deploy.state.signatures import accepted_serial
 from s3deploy.state.store import StateStore
 
 
@@ -40,4 +41,16 @@ def section_status(store: StateStore, section: Section, layout: StateLayout) -> 
         "last_poll_at": record.last_poll_at.isoformat() if record.last_poll_at else None,
         "last_poll_error": record.last_error,
         "releases_bytes": dir_bytes(releases) if releases.is_dir() else 0,
+        "signing": _signing(store, section),
+    }
+
+
+def _signing(store: StateStore, section: Section) -> dict[str, Any] | None:
+    """Signed bundles (SPEC §11): the signers file, and the serial the section accepted (the ratchet)."""
+    if section.trusted_signers is None:
+        return None
+    accepted = accepted_serial(store, section.name)
+    return {
+        "trusted_signers": str(section.trusted_signers),
+        "accepted": accepted.to_json() if accepted is not None else None,
     }

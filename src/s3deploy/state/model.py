@@ -6,6 +6,7 @@ text with milliseconds.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import string
@@ -50,6 +51,29 @@ def tail_of(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class SignedBy:
+    """Who signed a verified revision: the allowed_signers principal(s), the key's ``SHA256:``
+    fingerprint (as ``ssh-keygen -l`` prints it) and the manifest's serial."""
+
+    principal: str
+    fingerprint: str
+    serial: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"principal": self.principal, "fingerprint": self.fingerprint, "serial": self.serial}
+
+    def to_text(self) -> str:
+        return json.dumps(self.to_json())
+
+    @classmethod
+    def from_text(cls, text: str | None) -> SignedBy | None:
+        if text is None:
+            return None
+        value = json.loads(text)
+        return cls(str(value["principal"]), str(value["fingerprint"]), int(value["serial"]))
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One deployment attempt of a section (the SPEC's ``D`` object)."""
 
@@ -75,6 +99,8 @@ class Deployment:
     install_completed_at: datetime | None = None
     #: Failed in DownloadBundle on an S3 error that may heal: the watcher tries the revision again.
     transient: bool = False
+    #: Who signed the release (SPEC §11): set when its download verified, copied by a rollback.
+    signed_by: SignedBy | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The SPEC §4 keys in order, then a few extras operators find useful."""
@@ -89,6 +115,7 @@ class Deployment:
             "error": self.error,
             "rollback_of": self.rollback_of,
             "restores": self.restores,
+            "signed_by": self.signed_by.to_json() if self.signed_by is not None else None,
             "section": self.section,
             "identity": self.identity,
             "release_dir": self.release_dir,
@@ -107,6 +134,7 @@ class Deployment:
             restores=row["restores"], release_dir=row["release_dir"], log_path=row["log_path"],
             output_tail=row["output_tail"], forced=bool(row["forced"]),
             install_completed_at=parse_ts(row["install_completed_at"]), transient=bool(row["transient"]),
+            signed_by=SignedBy.from_text(row["signed_by"]),
         )  # fmt: skip
 
 

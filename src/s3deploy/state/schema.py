@@ -66,6 +66,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE deployments ADD COLUMN install_completed_at TEXT",
         "ALTER TABLE deployments ADD COLUMN transient INTEGER NOT NULL DEFAULT 0 CHECK (transient IN (0, 1))",
     ),
+    # signed bundles (SPEC §11, state/signatures.py): signed_by, who signed a verified deployment (JSON
+    # of principal, fingerprint, serial); signing_ratchet, per section the highest manifest serial
+    # accepted and the sha256 it was accepted for (an older signed bundle uploaded again is refused).
+    (
+        "ALTER TABLE deployments ADD COLUMN signed_by TEXT",
+        """CREATE TABLE signing_ratchet (
+            section TEXT PRIMARY KEY,
+            serial INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            deployment_id TEXT,
+            accepted_at TEXT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

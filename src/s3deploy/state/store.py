@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,6 +77,10 @@ class StateStore:
                     self._writes += 1
             except sqlite3.Error as e:
                 raise S3DeployError(f"state database {self.path}: {e}") from e
+
+    def transaction(self, *, write: bool) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction, for the queries other state modules keep (state/signatures.py)."""
+        return self._tx(write=write)
 
     def data_version(self) -> int:
         """Moves when another process has committed a change (SQLite's PRAGMA data_version)."""
