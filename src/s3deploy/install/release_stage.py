@@ -36,9 +36,8 @@ from pathlib import Path
 
 from s3deploy.appspec import AppSpec, FileMapping
 from s3deploy.errors import InstallError
-from s3deploy.install.filecopy import copy_file
-from s3deploy.install.folder_path import RELEASE_DIR_MODE
-from s3deploy.install.releases_folder import Place, failing, normalized
+from s3deploy.install.copy import copy_file
+from s3deploy.install.releases_folder import RELEASE_DIR_MODE, Place, failing, normalized
 
 logger = logging.getLogger(__name__)
 
