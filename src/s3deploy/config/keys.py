@@ -62,6 +62,12 @@ KEYS: dict[str, Key] = {
         values.parse_size,
         "a whole number of bytes >= 1, or a size like 512MiB, 10GiB, 1G",
     ),
+    "activation": Key(
+        "activation",
+        values.parse_activation,
+        "copy (files copied into the destination) or symlink (each release in its own folder, the "
+        "destination a link switched in one step; needs destination)",
+    ),
     "last_fetch_time": Key(
         "last_fetch_time",
         values.parse_time,

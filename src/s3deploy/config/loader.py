@@ -185,10 +185,28 @@ def _load_section(
     for key, spec in KEYS.items():
         if spec.required and key not in values and key not in failed:
             problems.append(f"{where} {key}: missing; expected {spec.what} (required)")
+    _check_activation(where, values, failed, problems)
     if len(problems) > before:
         return None
     changes: dict[str, Any] = {KEYS[key].field: value for key, value in values.items()}
     return dataclasses.replace(Section(name=name, s3_bucket="", target_file_key=""), **changes)
+
+
+def _check_activation(where: str, values: dict[str, object], failed: set[str], problems: list[str]) -> None:
+    """``activation = symlink`` needs a ``destination`` below / (the folder it makes a link)."""
+    if values.get("activation") != "symlink" or "destination" in failed:
+        return
+    destination = values.get("destination")
+    if destination is None:
+        problems.append(
+            f"{where} activation: symlink needs destination (the folder that becomes a link to the live "
+            "release), e.g. destination = /var/www/html; set it, or use activation = copy"
+        )
+    elif os.path.normpath(str(destination)) in ("/", "//"):
+        problems.append(
+            f"{where} activation: symlink needs a destination below /, not / itself (its releases live in "
+            "a folder beside it); use a folder such as /srv/app, or activation = copy"
+        )
 
 
 def _check_key(key: str, where: str, problems: list[str]) -> bool:

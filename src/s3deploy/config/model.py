@@ -37,6 +37,8 @@ class Section:
     max_files: int = 200_000
     max_unpacked_bytes: int = 10 * 1024**3
     last_fetch_time: datetime | None = None
+    #: "copy" or "symlink" (SPEC §12: releases beside ``destination``, switched by a link).
+    activation: str = "copy"
 
     def with_overrides(self, **overrides: object) -> Section:
         """Return a copy with command-line overrides applied, each validated like its config.ini value.
