@@ -224,16 +224,16 @@ def _leave_activation(dest: str, cleanup_list: Path) -> None:
     live = live_release(dest)
     if live is None:
         return
-    files, folders = _tree(str(live), dest)
+    folders, files, links = _tree(str(live), dest)
     previous = read_list(cleanup_list)
-    write_list(cleanup_list, previous.union(Installed(files, [dest, *folders], [dest])))
+    write_list(cleanup_list, previous.union(Installed(files + links, [dest, *folders], [dest])))
     release = deactivate(dest)
     logger.warning(
         "activation = copy: %s is a folder again (it was release %s); its %d files count as installed by "
         "this section",
         dest,
         release,
-        len(files),
+        len(files) + len(links),
     )
 
 
@@ -254,36 +254,34 @@ def _permissions_in_release(spec: AppSpec, dest: str, release: str, cancel: thre
     """Apply ``permissions`` to what the release holds, each path matched as it will be seen through D."""
     if not spec.permissions:
         return
-    entries, links = _entries(release, dest)
-    check_file_objects(spec.permissions, {p for p, is_dir in entries if not is_dir} | links)
+    folders, files, links = _tree(release, dest)
+    check_file_objects(spec.permissions, {*files, *links})
+    entries = [(dest, True), *((p, True) for p in folders), *((p, False) for p in files)]
     with Dirs([release]) as dirs:
         apply_to(spec.permissions, entries, dirs, cancel, lambda path: release + path[len(dest) :])
 
 
-def _entries(release: str, dest: str) -> tuple[list[tuple[str, bool]], set[str]]:
-    """Every folder and file of ``release`` (path as seen through D, is a folder), and the links apart."""
-    entries: list[tuple[str, bool]] = [(dest, True)]
-    links: set[str] = set()
-    for top, dirnames, filenames, top_fd in os.fwalk(release, follow_symlinks=False):
-        here = dest + top[len(release) :]
-        entries += [(f"{here}/{name}", True) for name in dirnames]
-        for name in filenames:
-            if stat.S_ISLNK(os.stat(name, dir_fd=top_fd, follow_symlinks=False).st_mode):
-                links.add(f"{here}/{name}")
-            else:
-                entries.append((f"{here}/{name}", False))
-    return entries, links
-
-
-def _tree(release: str, dest: str) -> tuple[list[str], list[str]]:
-    """(files and links, folders) of ``release`` as paths inside D; no link followed."""
-    files: list[str] = []
+def _tree(release: str, dest: str) -> tuple[list[str], list[str], list[str]]:
+    """(folders, files, links) of ``release`` as paths inside D. Read through ``Dirs`` rooted at the
+    release (which ``permissions`` may have handed to the application user): no link is followed (one
+    swapped in for a folder meanwhile fails, naming it), no recursion, however deep the tree."""
     folders: list[str] = []
-    for top, dirnames, filenames, _ in os.fwalk(release, follow_symlinks=False):
-        here = dest + top[len(release) :]
-        folders += [f"{here}/{name}" for name in dirnames]
-        files += [f"{here}/{name}" for name in filenames]
-    return files, folders
+    files: list[str] = []
+    links: list[str] = []
+    with Dirs([release]) as dirs:
+        todo = [release]
+        while todo:
+            folder = todo.pop()
+            here = dest + folder[len(release) :]
+            children = []
+            for name, kind in sorted((dirs.listing(folder) or {}).items()):
+                if kind == "dir":
+                    folders.append(f"{here}/{name}")
+                    children.append(f"{folder}/{name}")
+                else:
+                    (links if kind == "link" else files).append(f"{here}/{name}")
+            todo += reversed(children)  # depth first in name order: Dirs reuses the open folders
+    return folders, files, links
 
 
 def _links_to_release(dest: str) -> bool:
