@@ -184,7 +184,8 @@ async def test_a_failing_validate_service_switches_back_to_the_previous_folder_w
         v1 = await deploy(agent, site, site.bundle("v1"))
         v1_dir = str(site.releases / v1.id)
         before = os.stat(site.dest / "index.html").st_ino
-        site.traced()
+        # the first deployment: no release before it, no ApplicationStop
+        assert site.traced() == [("v1", e, v1_dir, "") for e in EVENTS[1:]]
         with readers(site.dest) as (problems, seen):
             v2 = await deploy(agent, site, site.bundle("v2", fail="ValidateService"))
         assert v2.status == "failed" and v2.failed_event == "ValidateService"
@@ -386,17 +387,15 @@ async def test_a_rollback_to_a_release_whose_folder_is_gone_fails_naming_it(site
 
 
 # ---------------------------------------------------------------------------------------------- configuration
-def test_activation_symlink_without_a_destination_is_a_configuration_error(tmp_path: Path) -> None:
+def test_activation_errors_in_config_ini_exit_2_naming_file_section_and_key(tmp_path: Path) -> None:
+    base = {"s3_bucket": "b", "target_file_key": "k"}
     config = write_config(
         tmp_path / "config.ini",
         {
-            "Web": {"s3_bucket": "b", "target_file_key": "k", "activation": "symlink"},
-            "Api": {
-                "s3_bucket": "b",
-                "target_file_key": "k",
-                "destination": "/srv/api",
-                "activation": "links",
-            },
+            "Web": {**base, "activation": "symlink"},
+            "Api": {**base, "destination": "/srv/api", "activation": "links"},
+            "Shop": {**base, "destination": "/srv/shop", "activation": "symlink"},
+            "Static": {**base, "destination": "/srv/shop/static"},
         },
     )
     for command in (["validate"], ["run", "--all", "--once"]):
@@ -404,5 +403,9 @@ def test_activation_symlink_without_a_destination_is_a_configuration_error(tmp_p
         assert proc.returncode == 2, proc.stderr
         assert f"{config} [Web] activation: symlink needs destination" in proc.stderr
         assert f"{config} [Api] activation: expected copy (" in proc.stderr and 'got "links"' in proc.stderr
+        assert (
+            f"{config} [Shop] activation: symlink makes /srv/shop a link to a release folder, and section "
+            "[Static] deploys into /srv/shop/static, which overlaps it" in proc.stderr
+        )
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "state").exists()

@@ -93,18 +93,21 @@ class Releases:
                 await asyncio.to_thread(shutil.rmtree, dep.release_dir, True)
             await asyncio.to_thread(state.clear_release_dir, dep.id)
             logger.debug("pruned release %s", dep.id)
-        if self.destination is not None:
-            await asyncio.to_thread(self._prune_activated, self.destination)
         trimmed = await asyncio.to_thread(state.trim_history, self.section, keep_history)
         if trimmed:
             await asyncio.to_thread(_delete_logs, self.layout.logs_root, trimmed)
             logger.info("history: %d old deployment record(s) deleted (keep_history)", len(trimmed))
+        if self.destination is not None:
+            await asyncio.to_thread(self._prune_activated, self.destination)
 
     def _prune_activated(self, destination: Path) -> None:
         """Delete the release folders beside ``destination`` whose release the state no longer keeps;
         never the live one (activation.prune), nor the last successful one (the state keeps it)."""
-        if not os.path.lexists(release_root_for(destination)):
-            return  # never activated: nothing to open (copy sections pay nothing)
+        try:
+            if not os.path.lexists(release_root_for(destination)):
+                return  # never activated: nothing to open (copy sections pay nothing)
+        except S3DeployError:
+            return  # destination = / (copy only): it has no releases folder
         history = self.state.history(self.section, None)
         keep = {d.id for d in history if d.release_dir}
         current = next((d for d in history if d.status == "succeeded"), None)

@@ -84,6 +84,7 @@ def load_config(path: str | Path) -> Config:
         section = _load_section(path, parser, name, defaults, failed_defaults, problems)
         if section is not None:
             sections[name] = section
+    _check_activated_overlaps(path, sections, problems)
 
     if problems:
         raise ConfigError("\n".join(problems))
@@ -207,6 +208,24 @@ def _check_activation(where: str, values: dict[str, object], failed: set[str], p
             f"{where} activation: symlink needs a destination below /, not / itself (its releases live in "
             "a folder beside it); use a folder such as /srv/app, or activation = copy"
         )
+
+
+def _check_activated_overlaps(path: Path, sections: dict[str, Section], problems: list[str]) -> None:
+    """A section with ``activation = symlink`` owns its destination alone: another section installing into
+    it, around it or inside it would write into (or prune) its releases through the link."""
+    for a in sections.values():
+        if a.activation != "symlink" or a.destination is None:
+            continue
+        d = Path(os.path.normpath(a.destination))
+        for b in sections.values():
+            e = None if b.destination is None else Path(os.path.normpath(b.destination))
+            if b is a or e is None or not (e.is_relative_to(d) or d.is_relative_to(e)):
+                continue
+            problems.append(
+                f"{place(path, a.name)} activation: symlink makes {d} a link to a release folder, and "
+                f"section [{printable(b.name)}] deploys into {e}, which overlaps it; give them folders "
+                "apart, or use activation = copy"
+            )
 
 
 def _check_key(key: str, where: str, problems: list[str]) -> bool:
