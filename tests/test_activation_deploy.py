@@ -328,6 +328,9 @@ async def test_copy_to_symlink_and_back_as_docs_activation_md_says(site: Site) -
             and site.live() == "v1"
             and "replaced-" not in str(os.listdir(site.releases))
         )
+        # and the section's bookkeeping is back too: v1's files are its own again
+        listed = json.loads(agent.layout.cleanup_list("Web").read_text())
+        assert str(site.dest / "index.html") in listed["files"] and listed["roots"] == [str(site.dest)]
 
         v3 = await deploy(agent, site, site.bundle("v3", **{"app/only-v3.txt": "x"}))
         assert v3.status == "succeeded" and site.dest.is_symlink() and site.live() == "v3"

@@ -100,10 +100,10 @@ class ReleaseActivation:
         inside_d, outside = split_mappings(mappings, dest)
         if owner_check:
             preflight(spec.permissions)
-        _forget_destination(cleanup_list, dest)
+        forgotten = _forget_destination(cleanup_list, dest)
         record_path = self.record_of(self.release_id)
         record = read_record(record_path)
-        restore: Previous | None = None
+        restore: tuple[Previous, ReleaseRecord] | None = None
         staged = "reused"
         if self.fresh or not _reusable(record, dest, self.release_dir):
             restore = None if self.fresh else self._aside_to_restore()
@@ -126,15 +126,21 @@ class ReleaseActivation:
         )
         checkpoint(cancel)
         if restore is not None:
-            switch_back(restore)
+            switch_back(restore[0])
             self.release_dir = dest  # the folder put back is D itself again
+            if restore[1].forgotten:  # what the copy Installs put there is this section's again
+                write_list(cleanup_list, read_list(cleanup_list).union(Installed(*restore[1].forgotten)))
         else:
             previous = switch(dest, self.release_dir)
             self.previous_dir = str(previous.release_dir or "")
             if previous.moved_aside and self.fresh:
                 done = read_record(record_path) or ReleaseRecord(dest)
                 aside = str(previous.release_dir)
-                write_record(record_path, replace(done, replaced=aside, installed_before=installed_before))
+                lists = [forgotten.files, forgotten.dirs, forgotten.roots]
+                write_record(
+                    record_path,
+                    replace(done, replaced=aside, installed_before=installed_before, forgotten=lists),
+                )
         report.duration_s = time.monotonic() - started
         logger.info(
             "Install: %s is now %s (%s; %d files copied outside it) in %.2fs",
@@ -175,9 +181,10 @@ class ReleaseActivation:
         write_record(record_path, ReleaseRecord(self.destination, staged=True, moved=bool(staged.moved)))
         return f"staged: {len(staged.moved)} entries moved, {staged.copied} copied"
 
-    def _aside_to_restore(self) -> Previous | None:
-        """The folder the live release's first switch moved aside, when this rollback restores the
-        release that was installed then (a section that went from copy to symlink)."""
+    def _aside_to_restore(self) -> tuple[Previous, ReleaseRecord] | None:
+        """The folder the live release's first switch moved aside (and that release's record), when this
+        rollback restores the release that was installed then (a section that went from copy to
+        symlink)."""
         live = live_release(self.destination)
         if live is None:
             return None
@@ -191,7 +198,7 @@ class ReleaseActivation:
         ):
             return None
         logger.info("rollback: %s was a folder before %s; putting it back", self.destination, live.name)
-        return Previous(Path(self.destination), Path(record.replaced), moved_aside=True)
+        return Previous(Path(self.destination), Path(record.replaced), moved_aside=True), record
 
 
 def install_copy(
@@ -237,17 +244,17 @@ def _leave_activation(dest: str, cleanup_list: Path) -> None:
     )
 
 
-def _forget_destination(cleanup_list: Path, dest: str) -> None:
+def _forget_destination(cleanup_list: Path, dest: str) -> Installed:
     """Entries in or at D leave the cleanup list: what a copy Install put in D stays in the folder the first
-    switch moves aside (nothing of D's is removed file by file while readers use it)."""
+    switch moves aside (nothing of D's is removed file by file while readers use it). Returns them."""
     listed = read_list(cleanup_list)
-    keep = [
-        [p for p in paths if p != dest and not inside(p, dest)]
-        for paths in (listed.files, listed.dirs, listed.roots)
-    ]
-    if sum(map(len, keep)) != len(listed.files) + len(listed.dirs) + len(listed.roots):
-        write_list(cleanup_list, Installed(*keep))
+    lists = (listed.files, listed.dirs, listed.roots)
+    kept = Installed(*([p for p in paths if p != dest and not inside(p, dest)] for paths in lists))
+    gone = Installed(*([p for p in paths if p == dest or inside(p, dest)] for paths in lists))
+    if gone.files or gone.dirs or gone.roots:
+        write_list(cleanup_list, kept)
         logger.info("activation = symlink: %s is no longer in this section's cleanup list", dest)
+    return gone
 
 
 def _permissions_in_release(spec: AppSpec, dest: str, release: str, cancel: threading.Event | None) -> None:
