@@ -114,7 +114,8 @@ class ReleaseActivation:
                         f"into {self.release_dir} when it was activated, and that folder is gone "
                         f"(or was made for another destination); deploy its revision again from S3"
                     )
-                staged = self._stage(bundle_root, spec, inside_d, outside, record_path, cancel)
+                base = record if record is not None and record.destination == dest else None
+                staged = self._stage(bundle_root, spec, (inside_d, outside), record_path, base, cancel)
         report = install(
             bundle_root,
             spec,
@@ -156,15 +157,17 @@ class ReleaseActivation:
         self,
         bundle_root: Path,
         spec: AppSpec,
-        mappings: tuple[FileMapping, ...],
-        others: tuple[FileMapping, ...],
+        entries: tuple[tuple[FileMapping, ...], tuple[FileMapping, ...]],
         record_path: Path,
+        record: ReleaseRecord | None,
         cancel: threading.Event | None,
     ) -> str:
-        """A fresh release folder with the entries for D, permissions applied; recorded before and after.
-        Returns what staging did, for the log."""
+        """A fresh release folder with the ``entries`` for D (the others' sources stay), permissions
+        applied; recorded before and after (on top of ``record``). Returns what staging did, for the log."""
+        mappings, others = entries
         move = self.fresh  # a release reinstalled from disk keeps its bundle whole
-        write_record(record_path, ReleaseRecord(self.destination, moved=move))
+        record = record or ReleaseRecord(self.destination)
+        write_record(record_path, replace(record, staged=False, moved=move))
         release = prepare_release(self.destination, self.release_id)
         staged = stage_release(
             bundle_root,
@@ -178,7 +181,7 @@ class ReleaseActivation:
             cancel=cancel,
         )
         _permissions_in_release(spec, self.destination, str(release), cancel)
-        write_record(record_path, ReleaseRecord(self.destination, staged=True, moved=bool(staged.moved)))
+        write_record(record_path, replace(record, staged=True, moved=bool(staged.moved)))
         return f"staged: {len(staged.moved)} entries moved, {staged.copied} copied"
 
     def _aside_to_restore(self) -> tuple[Previous, ReleaseRecord] | None:
