@@ -21,10 +21,11 @@ def b5_symlink(b: Bench, n_entries: int = 20_000) -> list[Row]:
     _, www, url = _deploy_case(b, "B5S", n_entries, "true")
     bucket, key = url[5:].split("/", 1)
     keys = {"s3_bucket": bucket, "target_file_key": key, "endpoint_url": b.endpoint, "destination": www}
-    config = _config(
-        b.work / "B5S-modes.ini",
-        {"Symlink": {**keys, "activation": "symlink"}, "Copy": {**keys, "activation": "copy"}},
-    )
+    # one file per mode: a symlink section owns its destination alone (config.ini refuses an overlap)
+    configs = {
+        mode: _config(b.work / f"B5S-{mode}.ini", {mode: {**keys, "activation": mode.lower()}})
+        for mode in ("Symlink", "Copy")
+    }
     releases = www.parent / f".{www.name}.s3deploy-releases"
 
     def ours(section: str) -> float:
@@ -34,7 +35,7 @@ def b5_symlink(b: Bench, n_entries: int = 20_000) -> list[Row]:
         shutil.rmtree(www, ignore_errors=True)
         shutil.rmtree(releases, ignore_errors=True)
         state = b.fresh(f"B5S-{section}-state")
-        res = run_json(probe("deploy", str(config), str(state), section), b.env)
+        res = run_json(probe("deploy", str(configs[section]), str(state), section), b.env)
         if not res["ok"]:
             raise RuntimeError(f"B5S {section}: the deployment failed: {res.get('error')}")
         if (section == "Symlink") != www.is_symlink():
