@@ -518,6 +518,12 @@ def b6_overhead(b: Bench, hook_s: float = 0.1) -> list[Row]:
     ]
 
 
+def _b5_symlink(b: Bench) -> list[Row]:
+    from benchmarks.activation import b5_symlink  # its own file, built on B5's helpers here
+
+    return b5_symlink(b)
+
+
 CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "B1": b1_download,
     "B2": b2_unpack,
@@ -525,4 +531,5 @@ CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "B4": b4_latency,
     "B5": b5_end_to_end,
     "B6": b6_overhead,
+    "B5-SYMLINK": _b5_symlink,
 }

@@ -88,7 +88,7 @@ def _raise_in(stage: str, monkeypatch: pytest.MonkeyPatch, error: BaseException)
     input nobody foresaw). Nothing real produces an unknown exception type on demand, hence the patch;
     the rollback that follows runs the stage for real."""
     module: Any = s3deploy.fetch if stage == "unpack" else s3deploy.lifecycle.pipeline
-    name = {"unpack": "unpack", "Install": "install"}.get(stage, "run_hook")
+    name = {"unpack": "unpack", "Install": "install_copy"}.get(stage, "run_hook")
     real = getattr(module, name)
     raised = False
 

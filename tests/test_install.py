@@ -578,10 +578,12 @@ def test_filesystem_without_sendfile_gets_plain_reads_and_writes(
 def test_a_failed_write_names_the_file_and_leaves_no_temporary_file(
     host: Host, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def failing_sendfile(*args: object) -> int:
+    def failing_copy(*args: object) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(os, "sendfile", failing_sendfile)  # a disk error, which nothing here can produce
+    # a disk error, which nothing here can produce, from whichever fast copy the kernel offers
+    monkeypatch.setattr(os, "copy_file_range", failing_copy)
+    monkeypatch.setattr(os, "sendfile", failing_copy)
     bundle = host.release({"app/a.txt": "a"}, app_spec(host.dest))
     named = re.escape(f"cannot install {bundle / 'app/a.txt'} as {host.dest / 'a.txt'}: ")
     with pytest.raises(InstallError, match=named + ".*Input/output"):

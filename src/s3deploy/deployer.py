@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from s3deploy.common.text import printable
 from s3deploy.config import Section
 from s3deploy.errors import S3DeployError, describe
 from s3deploy.fetch import Fetcher, fetch_failure
+from s3deploy.install.activated import ReleaseActivation
 from s3deploy.lifecycle.deploylog import OutputSink
 from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Lifecycle, LifecycleResult, Release
 from s3deploy.log import log_context
@@ -45,7 +47,7 @@ class Deployer:
         self.section = section
         self.ctx = ctx
         self.endpoint = endpoint
-        self.releases = Releases(section.name, ctx.layout, ctx.state)
+        self.releases = Releases(section.name, ctx.layout, ctx.state, destination=section.destination)
         gate = None
         if section.trusted_signers is not None:  # signed bundles (SPEC §11); else no signing code runs
             from s3deploy.signature_gate import SignatureGate
@@ -119,7 +121,10 @@ class Deployer:
                 previous = None
             else:
                 env = self._env(dep_id, rev)
-                result = await self._lifecycle(release, previous, env, sink, deadline=deadline)
+                activation = self._activation(dep_id, fresh=True)
+                result = await self._lifecycle(
+                    release, previous, env, sink, deadline=deadline, activation=activation
+                )
             if result.ok:
                 logger.info("deployment %s succeeded in %.1fs", dep_id, time.monotonic() - started)
                 done = await self._finish(dep_id, "succeeded", sink)
@@ -148,6 +153,7 @@ class Deployer:
         *,
         deadline: float,
         ignore_stop_failures: bool | None = None,
+        activation: ReleaseActivation | None = None,
     ) -> LifecycleResult:
         """Run the lifecycle under the destination locks until ``deadline``; every failure (a timeout,
         an unexpected error) comes back in the result with the event it happened in."""
@@ -171,6 +177,7 @@ class Deployer:
             on_line=sink.line,
             on_install_completed=install_completed,
             hook_session_file=self.ctx.layout.hook_session(self.section.name),
+            activation=activation,
         )
         result = LifecycleResult()
         waiting = True
@@ -197,6 +204,13 @@ class Deployer:
                 result.error = describe(e)
             logger.error("%s failed: %s", result.failed_event, result.error)
         return result
+
+    def _activation(self, release_id: str, *, fresh: bool) -> ReleaseActivation | None:
+        """With ``activation = symlink``, how Install activates the release ``release_id`` (SPEC §12)."""
+        if self.section.activation != "symlink" or self.section.destination is None:
+            return None
+        record_of = functools.partial(self.ctx.layout.activation_record, self.section.name)
+        return ReleaseActivation(self.section.destination, release_id, record_of, fresh=fresh)
 
     def _destinations(self, release: Release, previous: Release | None) -> list[Path]:
         """The folders this lifecycle writes to: the new release's destinations and the previous one's
@@ -296,7 +310,13 @@ class Deployer:
                 # What is stopped is the broken release: its failing ApplicationStop must not block recovery.
                 env = self._env(dep_id, good)
                 result = await self._lifecycle(
-                    release, stop_from, env, sink, deadline=self._deadline(), ignore_stop_failures=True
+                    release,
+                    stop_from,
+                    env,
+                    sink,
+                    deadline=self._deadline(),
+                    ignore_stop_failures=True,
+                    activation=self._activation(target.deployment_id, fresh=False),
                 )
                 status = "succeeded" if result.ok else "failed"
                 logger.log(logging.INFO if result.ok else logging.ERROR, "rollback %s %s", dep_id, status)

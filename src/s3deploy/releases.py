@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from s3deploy.appspec import load_appspec
 from s3deploy.errors import S3DeployError
+from s3deploy.install import activation
+from s3deploy.install.activation import release_root_for
 from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Release
 from s3deploy.state.layout import StateLayout
 from s3deploy.state.store import Deployment, StateStore
@@ -31,10 +34,15 @@ def install_completed(dep: Deployment) -> bool:
 class Releases:
     """The release folders of one section and what the state says about them."""
 
-    def __init__(self, section: str, layout: StateLayout, state: StateStore) -> None:
+    def __init__(
+        self, section: str, layout: StateLayout, state: StateStore, *, destination: Path | None = None
+    ) -> None:
         self.section = section
         self.layout = layout
         self.state = state
+        #: The section's destination: its release folders beside it (activation = symlink) are pruned
+        #: with the state's.
+        self.destination = destination
 
     def bundle_root(self, dep: Deployment) -> Path:
         """Where ``dep``'s bundle is unpacked (a rollback reuses the release it restores)."""
@@ -89,6 +97,23 @@ class Releases:
         if trimmed:
             await asyncio.to_thread(_delete_logs, self.layout.logs_root, trimmed)
             logger.info("history: %d old deployment record(s) deleted (keep_history)", len(trimmed))
+        if self.destination is not None:
+            await asyncio.to_thread(self._prune_activated, self.destination)
+
+    def _prune_activated(self, destination: Path) -> None:
+        """Delete the release folders beside ``destination`` whose release the state no longer keeps;
+        never the live one (activation.prune), nor the last successful one (the state keeps it)."""
+        try:
+            if not os.path.lexists(release_root_for(destination)):
+                return  # never activated: nothing to open (copy sections pay nothing)
+        except S3DeployError:
+            return  # destination = / (copy only): it has no releases folder
+        history = self.state.history(self.section, None)
+        keep = {d.id for d in history if d.release_dir}
+        current = next((d for d in history if d.status == "succeeded"), None)
+        if current is not None:
+            keep.add(current.restores or current.id)
+        activation.prune(destination, keep)
 
 
 def _rollback_target(

@@ -67,6 +67,12 @@ KEYS: dict[str, Key] = {
         values.parse_destination,
         "an absolute path to an OpenSSH allowed_signers file (e.g. /etc/s3deploy/allowed_signers)",
     ),
+    "activation": Key(
+        "activation",
+        values.parse_activation,
+        "copy (files copied into the destination) or symlink (each release in its own folder, the "
+        "destination a link switched in one step; needs destination)",
+    ),
     "last_fetch_time": Key(
         "last_fetch_time",
         values.parse_time,

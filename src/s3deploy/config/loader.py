@@ -84,6 +84,7 @@ def load_config(path: str | Path) -> Config:
         section = _load_section(path, parser, name, defaults, failed_defaults, problems)
         if section is not None:
             sections[name] = section
+    _check_activated_overlaps(path, sections, problems)
 
     if problems:
         raise ConfigError("\n".join(problems))
@@ -188,6 +189,7 @@ def _load_section(
     signers = values.get("trusted_signers")
     if isinstance(signers, Path):
         problems += _signers_problems(where, signers)
+    _check_activation(where, values, failed, problems)
     if len(problems) > before:
         return None
     changes: dict[str, Any] = {KEYS[key].field: value for key, value in values.items()}
@@ -203,6 +205,41 @@ def _signers_problems(where: str, path: Path) -> list[str]:
         f"{where} trusted_signers: expected a readable OpenSSH allowed_signers file; {printable(problem)}"
         for problem in check_signers_file(path)
     ]
+
+
+def _check_activation(where: str, values: dict[str, object], failed: set[str], problems: list[str]) -> None:
+    """``activation = symlink`` needs a ``destination`` below / (the folder it makes a link)."""
+    if values.get("activation") != "symlink" or "destination" in failed:
+        return
+    destination = values.get("destination")
+    if destination is None:
+        problems.append(
+            f"{where} activation: symlink needs destination (the folder that becomes a link to the live "
+            "release), e.g. destination = /var/www/html; set it, or use activation = copy"
+        )
+    elif os.path.normpath(str(destination)) in ("/", "//"):
+        problems.append(
+            f"{where} activation: symlink needs a destination below /, not / itself (its releases live in "
+            "a folder beside it); use a folder such as /srv/app, or activation = copy"
+        )
+
+
+def _check_activated_overlaps(path: Path, sections: dict[str, Section], problems: list[str]) -> None:
+    """A section with ``activation = symlink`` owns its destination alone: another section installing into
+    it, around it or inside it would write into (or prune) its releases through the link."""
+    for a in sections.values():
+        if a.activation != "symlink" or a.destination is None:
+            continue
+        d = Path(os.path.normpath(a.destination))
+        for b in sections.values():
+            e = None if b.destination is None else Path(os.path.normpath(b.destination))
+            if b is a or e is None or not (e.is_relative_to(d) or d.is_relative_to(e)):
+                continue
+            problems.append(
+                f"{place(path, a.name)} activation: symlink makes {d} a link to a release folder, and "
+                f"section [{printable(b.name)}] deploys into {e}, which overlaps it; give them folders "
+                "apart, or use activation = copy"
+            )
 
 
 def _check_key(key: str, where: str, problems: list[str]) -> bool:

@@ -39,6 +39,8 @@ class Section:
     last_fetch_time: datetime | None = None
     #: Signed bundles (SPEC §11): only revisions signed by a key of this allowed_signers file deploy.
     trusted_signers: Path | None = None
+    #: "copy" or "symlink" (SPEC §12: releases beside ``destination``, switched by a link).
+    activation: str = "copy"
 
     def with_overrides(self, **overrides: object) -> Section:
         """Return a copy with command-line overrides applied, each validated like its config.ini value.

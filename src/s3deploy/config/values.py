@@ -142,6 +142,16 @@ def parse_destination(raw: str) -> Path:
     return Path(raw)
 
 
+ACTIVATIONS = ("copy", "symlink")
+
+
+def parse_activation(raw: str) -> str:
+    """``copy`` (files copied into the destination) or ``symlink`` (SPEC §12)."""
+    if raw.lower() not in ACTIVATIONS:
+        raise Invalid("")
+    return raw.lower()
+
+
 def parse_time(raw: str) -> datetime:
     try:
         moment = datetime.fromisoformat(raw)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s3deploy.errors import InstallError
-from s3deploy.install.folder_path import RELEASE_DIR_MODE, MissingFolder
 from s3deploy.install.link_swap import (
     exchange_back,
     exists,
@@ -38,6 +37,8 @@ from s3deploy.install.link_swap import (
 from s3deploy.install.releases_folder import (
     ASIDE_PREFIX,
     PRUNE_PREFIX,
+    RELEASE_DIR_MODE,
+    MissingFolder,
     Place,
     failing,
     is_release_name,

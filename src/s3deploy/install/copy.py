@@ -28,11 +28,13 @@ _T = TypeVar("_T")
 
 # Plans of at least this many files are copied by COPY_THREADS threads, as the unpacker writes big zips
 # (bundle.PARALLEL_MIN_ENTRIES): creating a file costs the filesystem's per-file latency (inode, journal,
-# directory entry), which threads overlap; the data itself moves in the kernel (sendfile).
+# directory entry), which threads overlap; the data itself moves in the kernel (copy_file_range or sendfile).
 PARALLEL_MIN_FILES = 256
 COPY_THREADS = 4
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_SENDFILE_BYTES = 1 << 30
+_CHUNK_BYTES = 1 << 30
+#: What a kernel or filesystem without a fast copy answers (the next way is tried).
+_NO_FAST_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})
 
 
 def create_dirs(plan: Plan, dirs: Dirs, cancel: threading.Event | None) -> None:
@@ -100,7 +102,7 @@ def copy_one(source: Path, folder: int, dest: str, mode: int | None) -> None:
     """Copy one file or symlink into ``folder`` (the open folder of ``dest``) under a temporary name,
     then rename it over ``dest``'s name. ``mode``: the file's mode when the source's was narrowed.
 
-    One lstat of the source gives its kind, mode and times. The temporary name is removed on failure,
+    One lstat of the source gives its kind and mode. The temporary name is removed on failure,
     so nothing stays on disk that the cleanup list does not name.
     """
     st = os.lstat(source)
@@ -113,7 +115,8 @@ def copy_one(source: Path, folder: int, dest: str, mode: int | None) -> None:
             target = os.readlink(source)
             _exclusive(folder, tmp, lambda: os.symlink(target, tmp, dir_fd=folder))
         else:
-            _copy_file(source, folder, tmp, st, stat.S_IMODE(st.st_mode) if mode is None else mode)
+            bits = stat.S_IMODE(st.st_mode) if mode is None else mode
+            _exclusive(folder, tmp, lambda: copy_file(source, folder, tmp, bits))
         os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -130,11 +133,14 @@ def _exclusive(folder: int, tmp: str, create: Callable[[], _T]) -> _T:
         return create()
 
 
-def _copy_file(source: Path, folder: int, tmp: str, st: os.stat_result, mode: int) -> None:
-    """Write ``source``'s bytes, ``mode`` and times (from ``st``) to the new file ``tmp``."""
+def copy_file(source: str | Path, folder: int, name: str, mode: int) -> None:
+    """Copy the regular file ``source`` (never through a link: O_NOFOLLOW) to the new file ``name`` of the
+    open folder ``folder``: created exclusively (FileExistsError if something is there, never written
+    through), with ``mode`` and the source's times. The one file copier of Install and activation."""
     src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        out = _exclusive(folder, tmp, lambda: os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=folder))
+        st = os.fstat(src)
+        out = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=folder)
         try:
             _copy_bytes(src, out)
             os.fchmod(out, mode)
@@ -146,16 +152,27 @@ def _copy_file(source: Path, folder: int, tmp: str, st: os.stat_result, mode: in
 
 
 def _copy_bytes(src: int, out: int) -> None:
-    try:
-        while os.sendfile(out, src, None, _SENDFILE_BYTES) > 0:
-            pass
-        return
-    except OSError as e:
-        # like shutil: a filesystem without sendfile gets plain reads and writes, if nothing was written
-        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) or os.lseek(out, 0, os.SEEK_CUR):
-            raise
+    """copy_file_range (the kernel copies; btrfs and xfs share the extents: a reflink, no data written),
+    else sendfile, else (like shutil, when nothing was written yet) plain reads and writes."""
+    for fast in (_by_copy_file_range, _by_sendfile):
+        try:
+            fast(src, out)
+            return
+        except OSError as e:
+            if e.errno not in _NO_FAST_COPY or os.lseek(out, 0, os.SEEK_CUR):
+                raise
     os.lseek(src, 0, os.SEEK_SET)
     while chunk := os.read(src, 1 << 20):
         view = memoryview(chunk)
         while view:
             view = view[os.write(out, view) :]
+
+
+def _by_copy_file_range(src: int, out: int) -> None:
+    while os.copy_file_range(src, out, _CHUNK_BYTES) > 0:
+        pass
+
+
+def _by_sendfile(src: int, out: int) -> None:
+    while os.sendfile(out, src, None, _CHUNK_BYTES) > 0:
+        pass

@@ -29,6 +29,37 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_LINK_HOPS = 40
 
 
+def open_folder(path: str, *, create: bool = False) -> int:
+    """A descriptor of its own of the folder ``path`` (normalized, absolute) under the link rule (no
+    destination roots: every link root alone could have planted is followed). ``create`` makes missing
+    folders (0755 less the umask: never writable by others). Raises FileNotFoundError when a folder is
+    missing (and not to be created), InstallError naming the path otherwise."""
+    with Dirs() as dirs:
+        try:
+            if create:
+                parts = [p for p in path.split("/") if p]
+                for i in range(1, len(parts) + 1):
+                    _make_folder(dirs, "/" + "/".join(parts[:i]))
+            return os.dup(dirs.open(path))
+        except (FileNotFoundError, InstallError):
+            raise
+        except NotADirectoryError as e:
+            raise InstallError(f"{e.filename or path} is not a folder") from e
+        except OSError as e:
+            raise InstallError(f"cannot open folder {path}: {e.strerror or e}") from e
+
+
+def _make_folder(dirs: Dirs, path: str) -> None:
+    try:
+        dirs.open(path)
+    except FileNotFoundError:
+        parent, name = split(path)
+        try:
+            os.mkdir(name, 0o755, dir_fd=dirs.open(parent))
+        except FileExistsError:
+            pass  # made meanwhile by another deployment: a folder is all we need
+
+
 def split(path: str) -> tuple[str, str]:
     """(parent folder, name) of a normalized absolute path."""
     parent, _, name = path.rpartition("/")

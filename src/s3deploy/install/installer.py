@@ -59,6 +59,7 @@ def install(
     cleanup_list: Path,
     owner_check: bool = True,
     cancel: threading.Event | None = None,
+    mappings: tuple[FileMapping, ...] | None = None,
 ) -> InstallReport:
     """Install ``spec.files`` from ``bundle_root`` and record them in ``cleanup_list``; raises InstallError
     (InstallCancelled once ``cancel`` is set: it is checked before each file and folder is changed).
@@ -66,10 +67,11 @@ def install(
     ``default_destination`` receives the whole bundle when the appspec has no ``files``. ``owner_check``
     checks before anything changes that every permission's owner and group exist, that every acls entry
     parses and names a user or group of this host, and that chcon and SELinux are there when context is
-    used (False: they fail when applied).
+    used (False: they fail when applied). ``mappings``: the entries to install instead of the appspec's
+    (activation = symlink installs only those outside its destination this way).
     """
     started = time.monotonic()
-    mappings = _mappings(spec, default_destination)
+    mappings = _mappings(spec, default_destination) if mappings is None else mappings
     previous = read_list(cleanup_list)
     modes = read_release_modes(bundle_root)
     if owner_check:
@@ -80,7 +82,7 @@ def install(
         plan = make_plan(bundle_root, mappings, spec.file_exists_behavior, previous, dirs, cancel)
         if plan.conflicts:
             raise InstallError(conflict_message(plan.conflicts))
-        check_file_objects(spec.permissions, plan)
+        check_file_objects(spec.permissions, plan.files)
         installed = plan.installed
         take_over(cleanup_list, plan.adopted)
         write_list(cleanup_list, previous.union(installed))

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable
 
 from s3deploy.errors import InstallError
-from s3deploy.install.folder_path import DIR_FLAGS, RELEASE_DIR_MODE
+from s3deploy.install.dirs import DIR_FLAGS
 from s3deploy.install.releases_folder import (
     ASIDE_PREFIX,
     BRIDGE_DIR,
     LINK_PREFIX,
+    RELEASE_DIR_MODE,
     Place,
     is_release_name,
     remove_tree,

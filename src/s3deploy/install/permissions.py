@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from s3deploy.appspec import Permission
 from s3deploy.errors import InstallError
@@ -49,13 +49,13 @@ def preflight(permissions: tuple[Permission, ...]) -> None:
             raise InstallError(f"{where}: context needs SELinux enabled and chcon installed; it is not here")
 
 
-def check_file_objects(permissions: tuple[Permission, ...], plan: Plan) -> None:
+def check_file_objects(permissions: tuple[Permission, ...], files: Collection[str]) -> None:
     """A ``pattern`` or ``except`` on an object that is a file this Install copies fails, before anything
     is copied: the agent refuses it (``validate_file_permission``), and skipping the entry would silently
     leave its mode and owner unapplied."""
     for i, perm in enumerate(permissions):
         obj = os.path.normpath(perm.object)
-        if obj not in plan.files or "file" not in perm.type:
+        if obj not in files or "file" not in perm.type:
             continue
         if perm.pattern != "**":
             raise InstallError(
@@ -74,9 +74,22 @@ def apply_permissions(
 ) -> None:
     """Apply each permission, in appspec order, to the matching folders this Install created and files
     it copied (symlinks excepted)."""
+    installed = [(p, True) for p in plan.owned_dirs] + [(p, False) for p in plan.files if p not in plan.links]
+    apply_to(permissions, installed, dirs, cancel)
+
+
+def apply_to(
+    permissions: tuple[Permission, ...],
+    installed: list[tuple[str, bool]],
+    dirs: Dirs,
+    cancel: threading.Event | None,
+    located: Callable[[str], str] | None = None,
+) -> None:
+    """Apply each permission, in appspec order, to the matching ``installed`` (path, is a folder) entries.
+    ``located``: where a path is on disk now, when that is not the path itself (a release folder that
+    becomes the destination once switched)."""
     if not permissions:
         return
-    installed = [(p, True) for p in plan.owned_dirs] + [(p, False) for p in plan.files if p not in plan.links]
     for perm in permissions:
         try:  # names are looked up once per permission, not once per file
             uid = pwd.getpwnam(perm.owner).pw_uid if perm.owner is not None else -1
@@ -87,7 +100,7 @@ def apply_permissions(
         for path in sorted(p for p, is_dir in installed if matches(perm, p, is_dir)):
             checkpoint(cancel)
             try:
-                _apply_one(perm, path, dirs, uid, gid, rules)
+                _apply_one(perm, located(path) if located else path, dirs, uid, gid, rules)
             except (OSError, acl.AclError, subprocess.CalledProcessError) as e:
                 detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
                 raise InstallError(

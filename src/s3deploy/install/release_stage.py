@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,9 +37,9 @@ from pathlib import Path
 
 from s3deploy.appspec import AppSpec, FileMapping
 from s3deploy.errors import InstallError
-from s3deploy.install.filecopy import copy_file
-from s3deploy.install.folder_path import RELEASE_DIR_MODE
-from s3deploy.install.releases_folder import Place, failing, normalized
+from s3deploy.install.cancel import checkpoint
+from s3deploy.install.copy import copy_file
+from s3deploy.install.releases_folder import RELEASE_DIR_MODE, Place, failing, normalized
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def stage_release(
     modes: Mapping[Path, int] | None = None,
     others: Iterable[FileMapping] = (),
     move: bool = True,
+    cancel: threading.Event | None = None,
 ) -> StageReport:
     """Put the ``mappings`` (all going to D or inside it: ``split_mappings``) into ``release_dir``.
 
@@ -103,6 +105,7 @@ def stage_release(
     with Place(destination, create=False) as place, failing(f"opening release folder {release_dir}"):
         release_fd = place.open_release(release_dir)
     stager = _Stager(bundle_root, place.destination, release_fd, os.fspath(release_dir), modes or {}, move)
+    stager.cancel = cancel
     try:
         with failing(f"staging {bundle_root} into {release_dir}"):
             stager.keep(keep)
@@ -146,6 +149,7 @@ class _Stager:
         self.above: set[str] = set()  # every folder holding something pinned or linked
         self.moved: dict[str, str] = {}  # bundle-relative source -> release-relative destination
         self.folder_modes: list[tuple[str, int]] = []
+        self.cancel: threading.Event | None = None
 
     def keep(self, locations: Iterable[str]) -> None:
         """Keep each bundle-relative ``location``'s folder, and that of the file it resolves to."""
@@ -231,6 +235,7 @@ class _Stager:
             self._place(_join(source, name), _join(target, name))
 
     def _place(self, source: str, target: str) -> None:
+        checkpoint(self.cancel)
         st = os.lstat(self._abs(source))
         is_dir = stat.S_ISDIR(st.st_mode)
         existing = self._lstat(target)
@@ -279,6 +284,7 @@ class _Stager:
                         self._copy_entry(rel, _join(dest, entry.name), entry.stat(follow_symlinks=False))
 
     def _copy_entry(self, source: str, target: str, st: os.stat_result) -> None:
+        checkpoint(self.cancel)
         path = self._abs(source)
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(path), target, dir_fd=self.release_fd)

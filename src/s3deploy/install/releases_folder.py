@@ -14,10 +14,10 @@ replaced-<UTC time>/        what D was before the first switch (a real folder), 
                             left by ``deactivate`` so a reader of D's old link text finds D (pruned)
 ```
 
-Every folder is reached through directory descriptors: D's parent by ``folder_path.open_folder`` (no link
-followed that root alone could not have planted), everything else from there. The releases folder must
-be a real folder owned by the agent's user and writable by no one else, or nothing is done. Inside a
-release (which ``permissions`` may hand to the application user) no link is ever followed:
+Every folder is reached through directory descriptors: D's parent by ``dirs.open_folder`` (Install's
+link rule: no link followed that root alone could not have planted), everything else from there. The
+releases folder must be a real folder owned by the agent's user and writable by no one else, or nothing
+is done. Inside a release (which ``permissions`` may hand to the application user) no link is ever followed:
 ``remove_tree`` opens each folder with ``O_NOFOLLOW`` and unlinks links as entries.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from s3deploy.errors import InstallError
-from s3deploy.install.folder_path import DIR_FLAGS, RELEASE_DIR_MODE, open_folder
+from s3deploy.install.dirs import DIR_FLAGS, open_folder
 
 ROOT_SUFFIX = ".s3deploy-releases"
 LINK_PREFIX = ".link-"
@@ -42,6 +42,12 @@ BRIDGE_DIR = ".bridge"
 # remove_tree holds one descriptor per level; a deeper folder is first moved up to the releases folder
 MAX_REMOVE_DEPTH = 128
 _NAME_MAX = 255
+#: Folders activation creates: the agent's, writable by it alone.
+RELEASE_DIR_MODE = 0o755
+
+
+class MissingFolder(InstallError):
+    """A folder on the way to the destination does not exist (and was not to be created)."""
 
 
 def normalized(destination: Path | str) -> str:
@@ -81,7 +87,10 @@ class Place:
         self.parent = parent or "/"
         self.root_name = root_name(self.destination)
         self.root = f"{self.parent.rstrip('/')}/{self.root_name}"
-        self.parent_fd = open_folder(self.parent, create=create)
+        try:
+            self.parent_fd = open_folder(self.parent, create=create)
+        except FileNotFoundError as e:
+            raise MissingFolder(f"folder {self.parent} does not exist") from e
         try:
             self.root_fd = self._open_root(create)
         except BaseException:

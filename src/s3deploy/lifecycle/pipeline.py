@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from s3deploy.appspec import TRAFFIC_EVENTS, AppSpec, HookScript
 from s3deploy.errors import HookFailed, S3DeployError
-from s3deploy.install.installer import install
+from s3deploy.install.activated import ReleaseActivation, install_copy
 from s3deploy.lifecycle.hooks import run_hook
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,9 @@ class Lifecycle:
     on_install_completed: Callable[[], Awaitable[None]] | None = None
     #: Where a running hook's session is recorded, so that a restarted agent can stop it (sessions.py).
     hook_session_file: Path | None = None
+    #: ``activation = symlink``: Install stages a release beside the destination and switches to it; hooks
+    #: see S3DEPLOY_RELEASE_DIR and S3DEPLOY_PREVIOUS_RELEASE_DIR (None: ``activation = copy``).
+    activation: ReleaseActivation | None = None
 
     async def run(self, result: LifecycleResult | None = None) -> LifecycleResult:
         """Run every event in order; return at the first failure (with the event's name).
@@ -89,6 +93,8 @@ class Lifecycle:
         which event was running (``current_event``).
         """
         result = result if result is not None else LifecycleResult()
+        if self.activation is not None:
+            await asyncio.to_thread(self.activation.begin)
         if self.previous is None:
             logger.info("ApplicationStop: skipped, first deployment of this section")
         else:
@@ -123,12 +129,18 @@ class Lifecycle:
         starts while a file is still being copied."""
         started = time.monotonic()
         cancel = threading.Event()
+        if self.activation is not None:
+            installing = functools.partial(
+                self.activation.install,
+                installed_before=self.previous.deployment_id if self.previous else None,
+            )
+        else:
+            installing = functools.partial(install_copy, default_destination=self.default_destination)
         work = asyncio.ensure_future(
             asyncio.to_thread(
-                install,
+                installing,
                 self.release.bundle_root,
                 self.release.spec,
-                default_destination=self.default_destination,
                 cleanup_list=self.cleanup_list,
                 cancel=cancel,
             )
@@ -159,6 +171,8 @@ class Lifecycle:
         env = dict(self.env)
         env["LIFECYCLE_EVENT"] = event
         env["S3DEPLOY_BUNDLE_DIR"] = str(release.bundle_root)
+        if self.activation is not None:
+            env.update(self.activation.hook_env())
         for script in scripts:
             await self._run_script(event, release, script, env)
 

@@ -7,6 +7,7 @@ STATE_DIR/                      0711 root: others may pass through (runas hooks 
   locks/                        0700: <section>.lock per section, paths/<hash>.lock per destination folder
   releases/<section>/<id>/      0711 each: one folder per deployment; bundle/ inside (no group/other write)
     modes.json                  0600: modes the bundle gave the entries whose group/other write was removed
+    activation.json             0600: activation = symlink: its release folder beside the destination
   logs/<section>/<id>.log       0700 folders, 0600 files: every hook output line of that deployment
   installed/<section>.list      0700 folder, 0600 files: what this section's last Install put on disk
   hooks/<section>.json          0700 folder, 0600 files: the session of the running hook (a restart stops it)
@@ -47,6 +48,7 @@ PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 _MAX_NAME_BYTES = 200
 _RELEASE_MODES = "modes.json"
+_ACTIVATION_RECORD = "activation.json"
 
 
 def section_dir_name(section: str) -> str:
@@ -61,6 +63,12 @@ def release_modes_file(bundle_root: Path) -> Path:
     """The modes file beside the bundle folder of a release (``releases/<section>/<id>/bundle``), found
     from the bundle's path alone: what unpacking writes and Install (and a rollback from disk) reads."""
     return bundle_root.parent / _RELEASE_MODES
+
+
+def activation_record_file(bundle_root: Path) -> Path:
+    """The record of what activation = symlink did with a release (install/release_record.py), beside
+    its bundle folder like the modes file."""
+    return bundle_root.parent / _ACTIVATION_RECORD
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,10 @@ class StateLayout:
 
     def release_dir(self, section: str, deployment_id: str) -> Path:
         return self.section_releases(section) / deployment_id
+
+    def activation_record(self, section: str, deployment_id: str) -> Path:
+        """The activation record of the release ``deployment_id`` unpacked (``activation_record_file``)."""
+        return self.release_dir(section, deployment_id) / _ACTIVATION_RECORD
 
     @property
     def logs_root(self) -> Path:
