@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from s3deploy.appspec import load_appspec
+from s3deploy.config import Section
 from s3deploy.devtools.seaweed import SeaweedServer
 from s3deploy.errors import InstallError
 from s3deploy.install import copy as copy_module
@@ -22,7 +22,7 @@ from s3deploy.install.cancel import InstallCancelled
 from s3deploy.install.cleanup import read_list
 from s3deploy.install.installer import install
 from s3deploy.lifecycle.pipeline import Lifecycle, LifecycleResult, Release
-from tests.agent import cli, history, write_config, zip_bytes
+from tests.agent import open_agent, zip_bytes
 from tests.test_install import big_tree, make_bundle
 
 
@@ -111,55 +111,65 @@ def test_a_timed_out_install_is_awaited_before_the_deployment_goes_on(
     assert on_disk(dest) <= set(read_list(cleanup_list).files)
 
 
-def test_deployment_timeout_during_a_big_install_then_rollback_leaves_only_the_previous_release(
-    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any
+async def test_deployment_timeout_during_install_then_rollback_leaves_only_the_previous_release(
+    tmp_path: Path, seaweed: SeaweedServer, make_bucket: Callable[..., str], s3_client: Any, monkeypatch: Any
 ) -> None:
-    """Through the real agent: v2's Install (its 5,000 files copied to four folders) outlives
-    deployment_timeout; the rollback to v1 runs only after v2's copy stopped, so the destination holds
-    v1's files and nothing else, exactly what the cleanup list says. The timeout counts from the start of
-    the deployment: it is calibrated by deploying v2 once, through the same agent, into a scratch
-    section, as its download and unpack (x 1.5) plus half its Install; Install being four times the
-    unpack's work, the timeout strikes mid-copy even when this run is much slower or faster than the
-    calibration, and the rollback, which only removes what was copied, fits in what is left."""
-    tree = {f"app/{name}": "v2" for name in big_tree(50, 100)}
-    bucket = make_bucket(versioned=True)
+    """Through the agent's runtime: v2's Install outlives deployment_timeout; the rollback to v1 runs
+    only after v2's copy stopped, so the destination holds v1's files and nothing else, exactly what the
+    cleanup list says, and no file of v2 appears afterwards.
+
+    Each file of v2 takes 20 ms to copy (a slow disk: 600 files, 12 s), so the 4 s timeout strikes in the
+    middle of the copy whatever the machine's load (fetching the small bundle takes well under a second);
+    without the cancel flag the copy would go on for seconds after the rollback."""
+    real = copy_module._install_file
+    copied_after_rollback: list[str] = []
+    copied_of_v2: list[str] = []
+    rolling_back = threading.Event()
+
+    def slow_disk(source: Path, *args: Any, **kwargs: Any) -> None:
+        if "v2" in source.read_bytes().decode(errors="replace"):
+            copied_of_v2.append(str(source))
+            if rolling_back.is_set():
+                copied_after_rollback.append(str(source))
+            time.sleep(0.02)
+        real(source, *args, **kwargs)
+
+    monkeypatch.setattr(copy_module, "_install_file", slow_disk)
     dest, state_dir = tmp_path / "www", tmp_path / "state"
-    section = {"s3_bucket": bucket, "target_file_key": "app.zip", "endpoint_url": seaweed.endpoint_url}
-
-    def four_copies(root: Path) -> str:
-        entries = "".join(f"  - source: app\n    destination: {root}/c{i}\n" for i in range(4))
-        return f"version: 0.0\nos: linux\nfiles:\n{entries}"
-
-    scratch = zip_bytes({"appspec.yml": four_copies(tmp_path / "scratch-dest"), **tree})
-    s3_client.put_object(Bucket=bucket, Key="scratch.zip", Body=scratch)
-    scratch_ini = write_config(tmp_path / "s.ini", {"Scratch": {**section, "target_file_key": "scratch.zip"}})
-    calibration = cli(
-        "run", "-s", "Scratch", "--once", "-c", str(scratch_ini), "--state-dir", str(tmp_path / "s")
-    )
-    assert calibration.returncode == 0, calibration.stderr
-    seconds = re.findall(r"DownloadBundle: (?:\d+ bytes|unpacked) in ([0-9.]+)s", calibration.stderr)
-    install_s = float(re.findall(r"Install: \d+ files in ([0-9.]+)s", calibration.stderr)[0])
-    timeout_ms = max(500, int((1.5 * sum(map(float, seconds)) + install_s / 2) * 1000))
-
-    config = write_config(
-        tmp_path / "config.ini", {"Production": {**section, "deployment_timeout": f"{timeout_ms}ms"}}
+    section = Section(
+        name="Production",
+        s3_bucket=make_bucket(versioned=True),
+        target_file_key="app.zip",
+        endpoint_url=seaweed.endpoint_url,
+        deployment_timeout_s=4.0,
     )
     appspec = "version: 0.0\nos: linux\n" + app_spec(dest)
     v1 = {"appspec.yml": appspec, "app/index.html": "v1", "app/v1/only.txt": "v1"}
-    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=zip_bytes(v1))
-    args = ("run", "-s", "Production", "--once", "-c", str(config), "--state-dir", str(state_dir))
-    assert cli(*args).returncode == 0
-    v2 = zip_bytes({"appspec.yml": four_copies(dest), **tree})
-    s3_client.put_object(Bucket=bucket, Key="app.zip", Body=v2)
+    v2 = {"appspec.yml": appspec, **dict.fromkeys(big_tree(6, 100), "v2")}
+    s3_client.put_object(Bucket=section.s3_bucket, Key="app.zip", Body=zip_bytes(v1))
+    async with open_agent(state_dir, section, exclusive=True) as agent:
+        watcher = await agent.watcher(section)
+        first = await watcher.poll_once()
+        assert first is not None and first.status == "succeeded"
+        s3_client.put_object(Bucket=section.s3_bucket, Key="app.zip", Body=zip_bytes(v2))
+        real_rollback = watcher.deployer.rollback_to
 
-    proc = cli(*args)
-    assert proc.returncode == 1, proc.stderr
-    deployments = history(config, state_dir, "Production")
-    failed, rollback = deployments[1], deployments[0]
-    assert failed["failed_event"] == "Install" and "deployment_timeout" in failed["error"]
-    assert rollback["rollback_of"] == failed["id"] and rollback["status"] == "succeeded", rollback["error"]
+        async def rollback_to(*args: Any, **kwargs: Any) -> Any:
+            rolling_back.set()
+            return await real_rollback(*args, **kwargs)
+
+        monkeypatch.setattr(watcher.deployer, "rollback_to", rollback_to)
+        done = await watcher.poll_once()
+        history = await agent.history("Production", None)
+    await asyncio.sleep(0.5)  # had the copy gone on, more of v2 would land meanwhile
+
+    assert done is not None and done.status == "failed"
+    assert done.failed_event == "Install" and "deployment_timeout" in (done.error or ""), done.error
+    rolled_back = history[0]
+    assert rolled_back.rollback_of == done.id and rolled_back.status == "succeeded", rolled_back.error
+    assert copied_after_rollback == []
+    assert 0 < len(copied_of_v2) < 600  # the copy stopped between files, long before its end
     assert on_disk(dest) == {str(dest / "index.html"), str(dest / "v1/only.txt")}
     assert (dest / "index.html").read_text() == "v1"
     listed = json.loads((state_dir / "installed" / "Production.list").read_text())
     assert set(listed["files"]) == on_disk(dest)
-    assert "Install: cancelled, waiting for the copy to stop" in proc.stderr
