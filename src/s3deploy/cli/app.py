@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from s3deploy import __version__
-from s3deploy.cli import bundle, deploy, run, sections
+from s3deploy.cli import bundle, deploy, fleet, run, sections
 from s3deploy.cli.options import guard
 from s3deploy.log import setup_logging
 
@@ -55,6 +55,7 @@ app.command()(sections.suspend)
 app.command()(sections.resume)
 app.command()(bundle.validate)
 app.command()(bundle.publish)
+app.add_typer(fleet.app)
 app.command()(demo)
 app.command()(version)
 

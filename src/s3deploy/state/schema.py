@@ -66,6 +66,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE deployments ADD COLUMN install_completed_at TEXT",
         "ALTER TABLE deployments ADD COLUMN transient INTEGER NOT NULL DEFAULT 0 CHECK (transient IN (0, 1))",
     ),
+    # fleet: what a coordinated section (SPEC §10) remembers besides its deployments: the revision it
+    # skipped because its rollout was stopped (status shows the section `stopped`), why the store was
+    # refused (no conditional writes), and the slot it holds (freed first after a crash).
+    (
+        """CREATE TABLE fleet_sections (
+            name TEXT PRIMARY KEY,
+            skipped_identity TEXT,
+            skipped_reason TEXT,
+            skipped_at TEXT,
+            refused TEXT,
+            refused_at TEXT,
+            slot_identity TEXT,
+            slot_deployment_id TEXT
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
