@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from s3deploy.common.backoff import backoff_delay
+from s3deploy.common.procgroup import proc_stat
 from s3deploy.config import Section
 from s3deploy.errors import S3DeployError, SourceError
 from s3deploy.fleet.coordinator import Coordinator
@@ -43,6 +45,22 @@ logger = logging.getLogger(__name__)
 #: What the watcher runs once the slot is held: deploy under the section lock with this deployment id,
 #: calling the check right before the deployment starts; None when there was nothing to deploy after all.
 DeployLocked = Callable[[str, Callable[[], None]], Awaitable[Deployment | None]]
+
+
+def _this_process() -> str:
+    """This process as a slot record names its holder: ``pid:start ticks`` (a reused pid differs)."""
+    me = proc_stat(os.getpid())
+    return f"{os.getpid()}:{me.start_ticks if me is not None else 0}"
+
+
+def _alive(holder: str | None) -> bool:
+    """Whether the process a slot record names still runs."""
+    try:
+        pid, ticks = (int(part) for part in (holder or "").split(":"))
+    except ValueError:
+        return False
+    stat = proc_stat(pid)
+    return stat is not None and stat.running and stat.start_ticks == ticks
 
 
 def fleet_settings(section: Section, endpoint: Endpoint) -> FleetSettings:
@@ -124,6 +142,9 @@ class FleetGate:
         if self._recovered:
             return
         held = await asyncio.to_thread(self.records.get, self.name)
+        if held.slot_identity is not None and _alive(held.slot_holder):
+            self._recovered = True  # held by a live process: this one after a reload, or a one-shot
+            return
         if held.slot_identity is not None and held.slot_identity == rev.identity:
             freed = await self.coordinator.free_own_slots(rev)
             logger.warning(
@@ -182,7 +203,8 @@ class FleetGate:
             async with rollout.slot(wake, deployment_id=dep_id, force=force) as slot:
                 guard.cancel()  # from here on the deployment runs; the revision is pinned
                 holding = True
-                await asyncio.to_thread(self.records.hold_slot, self.name, rev.identity, dep_id)
+                holder = _this_process()
+                await asyncio.to_thread(self.records.hold_slot, self.name, rev.identity, dep_id, holder)
                 await self._set_refused(None)
                 record = await asyncio.to_thread(self.records.get, self.name)
                 if record.skipped_identity is not None:
@@ -261,7 +283,10 @@ class FleetGate:
         self._stop_checked = {rev.identity: time.monotonic()}
         if order is not None:
             self.quiet_s = recheck_s
-            logger.debug("the rollout of %s is still stopped (%s)", rev.identity, order.reason)
+            level = logging.DEBUG if checked is not None else logging.INFO  # said once per process
+            logger.log(
+                level, "not deploying %s: its rollout is still stopped (%s)", rev.identity, order.reason
+            )
             return True
         logger.info("the rollout of %s was resumed: deploying it", rev.identity)
         await asyncio.to_thread(self.records.clear_skip, self.name)

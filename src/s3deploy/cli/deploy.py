@@ -89,7 +89,10 @@ def deploy(
     elif result.error:
         raise fail(result.error, EXIT_FAILED)
     elif result.deployment is None:
-        message = f"{name}: nothing new to deploy (unchanged, or a failed revision: --force redeploys it)"
+        message = (
+            f"{name}: nothing new to deploy (unchanged, a failed revision, or a stopped fleet rollout: "
+            "--force redeploys it)"
+        )
         _nothing(name, message, as_json=json_)
     else:
         _report(result.deployment, as_json=json_)

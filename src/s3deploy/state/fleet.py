@@ -5,8 +5,9 @@ One row per section in ``fleet_sections``:
 - the revision it skipped because its rollout was stopped (``status`` then shows the section
   ``stopped`` while that revision is the one S3 serves), and why;
 - why its store was refused (it does not honour conditional writes), shown by ``status``;
-- the slot it holds right now (revision identity and deployment id): a process that died holding one
-  frees it first when it starts again.
+- the slot it holds right now (revision identity, deployment id, and the process holding it: pid and
+  start time, so that a pid reused by another process is not taken for the holder): a process that
+  died holding one frees it first when the section's watcher starts again.
 
 Synchronous like the rest of the state; async code calls it through ``asyncio.to_thread``.
 """
@@ -33,6 +34,7 @@ class FleetRecord:
     refused_at: datetime | None = None
     slot_identity: str | None = None
     slot_deployment_id: str | None = None
+    slot_holder: str | None = None  # "<pid>:<start ticks>" of the process holding the slot
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> FleetRecord:
@@ -40,7 +42,7 @@ class FleetRecord:
             name=row["name"], skipped_identity=row["skipped_identity"], skipped_reason=row["skipped_reason"],
             skipped_at=parse_ts(row["skipped_at"]), refused=row["refused"],
             refused_at=parse_ts(row["refused_at"]), slot_identity=row["slot_identity"],
-            slot_deployment_id=row["slot_deployment_id"],
+            slot_deployment_id=row["slot_deployment_id"], slot_holder=row["slot_holder"],
         )  # fmt: skip
 
     def stopped_for(self, identity: str | None) -> bool:
@@ -83,12 +85,15 @@ class FleetRecords:
         """Why the section's store is refused, or None once it passes the check."""
         self._set(section, bookkeeping=True, refused=reason, refused_at=_now() if reason else None)
 
-    def hold_slot(self, section: str, identity: str, deployment_id: str) -> None:
-        """This host holds a slot of ``identity``'s rollout for ``deployment_id``."""
-        self._set(section, bookkeeping=True, slot_identity=identity, slot_deployment_id=deployment_id)
+    def hold_slot(self, section: str, identity: str, deployment_id: str, holder: str) -> None:
+        """Process ``holder`` of this host holds a slot of ``identity``'s rollout for ``deployment_id``."""
+        self._set(
+            section, bookkeeping=True, slot_identity=identity, slot_deployment_id=deployment_id,
+            slot_holder=holder,
+        )  # fmt: skip
 
     def release_slot(self, section: str) -> None:
-        self._set(section, bookkeeping=True, slot_identity=None, slot_deployment_id=None)
+        self._set(section, bookkeeping=True, slot_identity=None, slot_deployment_id=None, slot_holder=None)
 
 
 def _now() -> str:

@@ -78,7 +78,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             refused TEXT,
             refused_at TEXT,
             slot_identity TEXT,
-            slot_deployment_id TEXT
+            slot_deployment_id TEXT,
+            slot_holder TEXT
         )""",
     ),
 )
