@@ -32,8 +32,19 @@ def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo keeps its files")] = Path(
         ".demo"
     ),
+    fleet: Annotated[
+        int,
+        typer.Option(
+            "--fleet", min=0, max=20, help="N agents rolling revisions out one at a time (make demo-fleet)"
+        ),
+    ] = 0,
 ) -> None:
     """What `make demo` runs: a local SeaweedFS, publish examples/bundle, deploy it, report."""
+    if fleet:
+        from s3deploy.devtools.fleet_demo import run_fleet_demo
+
+        setup_logging("WARNING", "text", None)
+        raise typer.Exit(guard(lambda: run_fleet_demo(workdir, fleet)))
     from s3deploy.devtools.demo import run_demo
 
     setup_logging("INFO", "text", None)
