@@ -24,6 +24,7 @@ from s3deploy.state.fleet import FleetRecords
 from tests.agent import appspec, cli, eventually, hook_script, open_agent, write_config, zip_bytes
 from tests.fleetagents import KEY, SECTION, bundle, reports, stamps, states
 from tests.s3server import FaultProxy
+from tests.test_fleet_agents import stripping_proxy as stripping_proxy  # noqa: F401 - the fixture
 
 
 def _section(bucket: str, endpoint_url: str, www: Path, **fields: Any) -> Section:
@@ -306,3 +307,22 @@ def test_status_json_has_a_fleet_object_only_for_coordinated_sections(tmp_path: 
         "stopped": None,
         "refused": None,
     }
+
+
+def test_a_one_shot_deploy_through_a_store_without_conditional_writes_fails_saying_why(
+    tmp_path: Path, s3_client: Any, make_bucket: Callable[..., str], stripping_proxy: FaultProxy
+) -> None:
+    bucket, trace = make_bucket(), tmp_path / "trace"
+    s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle(trace, "v1"))
+    keys = {"s3_bucket": bucket, "target_file_key": KEY, "endpoint_url": stripping_proxy.endpoint_url,
+            "destination": tmp_path / "www", "max_concurrent": 1}  # fmt: skip
+    config = write_config(tmp_path / "config.ini", {SECTION: keys})
+    proc = cli(
+        "deploy", SECTION, "-c", str(config), "--state-dir", str(tmp_path / "state"), "--host-id", "web-1"
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "does not honour conditional writes" in proc.stderr and not trace.exists()
+    status = cli("status", "--json", "-c", str(config), "--state-dir", str(tmp_path / "state"))
+    assert (
+        "does not honour conditional writes" in json.loads(status.stdout)["sections"][0]["fleet"]["refused"]
+    )

@@ -162,11 +162,16 @@ class FleetGate:
 
     # ------------------------------------------------------------------ deploying through a slot
     async def deploy(
-        self, rev: Revision, *, force: bool, stop: asyncio.Event, locked: DeployLocked
+        self, rev: Revision, *, force: bool, stop: asyncio.Event | None, locked: DeployLocked
     ) -> Deployment | None:
         """Deploy ``rev`` through a slot of its rollout; None when it was not deployed (stopped rollout,
-        refused store, the wait ended, the slot lost). ``force`` ignores a stop but still needs a slot."""
+        refused store, the wait ended, the slot lost). ``force`` ignores a stop but still needs a slot.
+
+        ``stop`` is the daemon's stop event; None for a one-shot check (`deploy`, `run --once`: SIGTERM
+        cancels it), which raises ConditionalWritesUnsupported instead of returning None."""
         self.quiet_s = None
+        one_shot = stop is None
+        stop = stop or asyncio.Event()
         if not force and await self._held_back(rev):
             return None
         dep_id = await asyncio.to_thread(self.ctx.state.new_deployment_id)
@@ -184,7 +189,10 @@ class FleetGate:
             logger.info("stopped waiting for a slot of the rollout of %s (%s)", rev.identity, why)
         except ConditionalWritesUnsupported as e:
             await self._set_refused(str(e))
+            if one_shot:
+                raise
             logger.error("not deploying %s: %s", rev.identity, e)
+            self.quiet_s = self.ctx.host_fleet().timing.probe_retry_s
         except SlotLost as e:
             logger.error("%s", e)
         finally:

@@ -47,8 +47,8 @@ class Watcher:
         self.deployer = Deployer(section, ctx, self.endpoint)
         #: A coordinated section (max_concurrent, SPEC §10) deploys only through a slot of its fleet.
         self.gate = FleetGate(section, ctx, self.endpoint) if section.max_concurrent is not None else None
-        #: Set by the daemon to stop: also ends a wait for a fleet slot at once.
-        self._stop = asyncio.Event()
+        #: The daemon's stop event (None in one-shot checks): also ends a wait for a fleet slot at once.
+        self._stop: asyncio.Event | None = None
         # Downloads failing on S3 errors while HEAD works: retried with exponential backoff, so a long
         # GET-only outage adds a failed row every few minutes at most, not one per poll.
         self._download_failures = 0
