@@ -201,7 +201,7 @@ def _summary(agents: list[Agent], v1: FleetView, v2: FleetView, most: int) -> in
     good = sum(s == "succeeded" for s in first.values())
     _say(f"v1: {good} of {len(agents)} hosts succeeded, at most {most} at once (from the hooks' timestamps)")
     if failed:
-        why = (failed[0].error or "").splitlines()[0][:100]
+        why = (failed[0].error or "").split("; last output")[0][:100]
         _say(f"v2: {failed[0].host} {failed[0].state} ({why})")
         _say(f"v2: the rollout stopped; {len(skipped)} host(s) skipped it and still run v1")
     return 0 if ok else 1
