@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo bench soak clean
+.PHONY: install lint test demo demo-fleet bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/s3deploy demo
 
+demo-fleet: $(STAMP)
+	$(BIN)/s3deploy demo --fleet 5 --workdir .demo-fleet
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
@@ -31,4 +34,4 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .demo-fleet .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import inputs
+from benchmarks import fleet, inputs
 from benchmarks.harness import Row, median, p95, probe, ratio_row, run_json, settle, timed
 
 MiB = 1 << 20
@@ -532,4 +532,5 @@ CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "B5": b5_end_to_end,
     "B6": b6_overhead,
     "B5-SYMLINK": _b5_symlink,
+    "FLEET": fleet.fleet_rollout,
 }

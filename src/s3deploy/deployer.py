@@ -70,16 +70,20 @@ class Deployer:
             BUNDLE_KEY=rev_like.key,
             BUNDLE_VERSION=rev_like.version_id or "",
             BUNDLE_ETAG=rev_like.etag or "",
+            S3DEPLOY_HOST_ID=self.ctx.host_id,
         )
         return env
 
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self.section.deployment_timeout_s
 
-    async def deploy(self, rev: Revision, *, forced: bool) -> Deployment:
+    async def deploy(self, rev: Revision, *, forced: bool, deployment_id: str | None = None) -> Deployment:
         """Record, download, unpack and run the lifecycle of ``rev``; roll back if it fails at or after
-        Install (with auto_rollback); prune. The caller holds the section lock."""
-        dep_id = await asyncio.to_thread(self.ctx.state.new_deployment_id)
+        Install (with auto_rollback); prune. The caller holds the section lock. ``deployment_id``: an id
+        chosen beforehand (a coordinated section names it in its fleet report while it waits)."""
+        if deployment_id is None:
+            deployment_id = await asyncio.to_thread(self.ctx.state.new_deployment_id)
+        dep_id = deployment_id
         release_dir = self.ctx.layout.release_dir(self.section.name, dep_id)
         with log_context(deployment_id=dep_id):
             await self._start(dep_id, rev, release_dir=str(release_dir), forced=forced)

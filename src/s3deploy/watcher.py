@@ -9,15 +9,17 @@ only cancellation does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from s3deploy.common.backoff import backoff_delay
 from s3deploy.config import Section
 from s3deploy.deployer import Deployer
 from s3deploy.detection import Decision, decide
 from s3deploy.errors import S3DeployError, SourceError, describe
+from s3deploy.fleet_gate import FleetGate
 from s3deploy.log import log_context
 from s3deploy.runtime.context import AgentContext
 from s3deploy.runtime.recovery import recover_interrupted
@@ -43,6 +45,10 @@ class Watcher:
         self.lock_names = list(lock_names) or [section.name]
         self.endpoint = Endpoint(section.profile_name, section.region, section.endpoint_url)
         self.deployer = Deployer(section, ctx, self.endpoint)
+        #: A coordinated section (max_concurrent, SPEC §10) deploys only through a slot of its fleet.
+        self.gate = FleetGate(section, ctx, self.endpoint) if section.max_concurrent is not None else None
+        #: The daemon's stop event (None in one-shot checks): also ends a wait for a fleet slot at once.
+        self._stop: asyncio.Event | None = None
         # Downloads failing on S3 errors while HEAD works: retried with exponential backoff, so a long
         # GET-only outage adds a failed row every few minutes at most, not one per poll.
         self._download_failures = 0
@@ -55,8 +61,23 @@ class Watcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set. Errors back off with jitter, capped at the interval; none leaves
         the loop (a bug in one poll is logged, and the next poll tries again)."""
+        self._stop = stop
         with log_context(section=self.section.name):
-            await self._run(stop)
+            async with self._heartbeat(stop):
+                await self._run(stop)
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self, stop: asyncio.Event) -> AsyncIterator[None]:
+        """A coordinated section keeps its fleet heartbeat while the watcher runs."""
+        if self.gate is None:
+            yield
+            return
+        task = asyncio.create_task(self.gate.keep_alive(stop), name=f"heartbeat:{self.section.name}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self, stop: asyncio.Event) -> None:
         interval = self.section.poll_interval_s
@@ -109,6 +130,8 @@ class Watcher:
         state = self.ctx.state
         await asyncio.to_thread(state.record_poll, sec.name, identity=rev.identity, error=None)
         self._quiet = None
+        if self.gate is not None:
+            await self.gate.recover(rev)  # a slot this host held when it died is freed first
         record = await asyncio.to_thread(state.get_section, sec.name)
         if record.suspended and not force:
             logger.debug("suspended: not deploying %s", rev.identity)
@@ -119,13 +142,32 @@ class Watcher:
                 return await self._stay_quiet(rev, await self._resume_rollback())
             if decision.retry and time.monotonic() < self._download_retry_at:
                 return None
+        if self.gate is not None:
+            done = await self.gate.deploy(
+                rev,
+                force=force,
+                stop=self._stop,
+                locked=lambda dep_id, check: self._deploy(rev, force, dep_id, check),
+            )
+            if done is None and self.gate.quiet_s is not None:  # a stopped rollout: look again later
+                return await self._stay_quiet(rev, None, for_s=self.gate.quiet_s)
+            return done
+        return await self._deploy(rev, force)
+
+    async def _deploy(
+        self, rev: Revision, force: bool, dep_id: str | None = None, check: Callable[[], None] | None = None
+    ) -> Deployment | None:
+        """Deploy ``rev`` under the section lock (``check``, if given, right before it starts)."""
+        sec, state = self.section, self.ctx.state
         async with self.ctx.locks.hold(self.lock_names, wait=self.ctx.lock_wait):
             # Holding the section's flock, nothing else deploys it: a "running" row is a dead process's.
             await asyncio.to_thread(recover_interrupted, state, [sec.name])
             # Another process (a one-shot `deploy`) may have deployed it while we waited for the lock.
             if not force and not (await self._decide(rev, quiet=True)).deploy:
                 return None
-            done = await self.deployer.deploy(rev, forced=force)
+            if check is not None:
+                check()
+            done = await self.deployer.deploy(rev, forced=force, deployment_id=dep_id)
         if done.transient:
             self._download_failures += 1
             backoff = backoff_delay(
@@ -140,11 +182,13 @@ class Watcher:
             self._download_failures = 0
         return done
 
-    async def _stay_quiet(self, rev: Revision, done: Deployment | None) -> Deployment | None:
+    async def _stay_quiet(
+        self, rev: Revision, done: Deployment | None, *, for_s: float = POLL_RECORD_INTERVAL_S
+    ) -> Deployment | None:
         """Remember a poll that had nothing to do, so the next identical one skips the database."""
         if done is None:
             self._quiet = (rev.identity, await self.ctx.state_token())
-            self._quiet_until = time.monotonic() + POLL_RECORD_INTERVAL_S
+            self._quiet_until = time.monotonic() + min(for_s, POLL_RECORD_INTERVAL_S)
         return done
 
     async def _resume_rollback(self) -> Deployment | None:

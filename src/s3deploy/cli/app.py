@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from s3deploy import __version__
-from s3deploy.cli import bundle, deploy, run, sections, signing
+from s3deploy.cli import bundle, deploy, fleet, run, sections, signing
 from s3deploy.cli.options import guard
 from s3deploy.log import setup_logging
 
@@ -32,8 +32,19 @@ def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo keeps its files")] = Path(
         ".demo"
     ),
+    fleet: Annotated[
+        int,
+        typer.Option(
+            "--fleet", min=0, max=20, help="N agents rolling revisions out one at a time (make demo-fleet)"
+        ),
+    ] = 0,
 ) -> None:
     """What `make demo` runs: a local SeaweedFS, publish examples/bundle, deploy it, report."""
+    if fleet:
+        from s3deploy.devtools.fleet_demo import run_fleet_demo
+
+        setup_logging("WARNING", "text", None)
+        raise typer.Exit(guard(lambda: run_fleet_demo(workdir, fleet)))
     from s3deploy.devtools.demo import run_demo
 
     setup_logging("INFO", "text", None)
@@ -55,6 +66,7 @@ app.command()(sections.suspend)
 app.command()(sections.resume)
 app.command()(bundle.validate)
 app.command()(bundle.publish)
+app.add_typer(fleet.app)
 app.command()(demo)
 app.command()(version)
 app.add_typer(signing.app, name="signing")

@@ -13,6 +13,7 @@ import typer
 from s3deploy.cli.options import (
     EXIT_FAILED,
     ConfigOpt,
+    HostIdOpt,
     JsonOpt,
     LogFileOpt,
     LogFormatOpt,
@@ -20,6 +21,7 @@ from s3deploy.cli.options import (
     SectionArg,
     StateDirOpt,
     fail,
+    host_id_of,
     load,
     setup,
     state_dir_of,
@@ -60,6 +62,7 @@ def deploy(
     json_: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
+    host_id: HostIdOpt = None,
     log_level: LogLevelOpt = "INFO",
     log_format: LogFormatOpt = "text",
     log_file: LogFileOpt = None,
@@ -71,9 +74,14 @@ def deploy(
     """
     setup(log_level, log_format, log_file)
     cfg = load(config, name)
+    host = host_id_of(host_id, cfg)
     with progress_bars(not json_) as progress:
         result = with_agent(
-            cfg, state_dir_of(state_dir), lambda agent: agent.deploy_now(name, force=force), progress=progress
+            cfg,
+            state_dir_of(state_dir),
+            lambda agent: agent.deploy_now(name, force=force),
+            progress=progress,
+            host_id=host,
         )
     if result.suspended:
         message = f"{name}: suspended, not deploying (`s3deploy resume {name}`, or deploy --force)"
@@ -81,7 +89,10 @@ def deploy(
     elif result.error:
         raise fail(result.error, EXIT_FAILED)
     elif result.deployment is None:
-        message = f"{name}: nothing new to deploy (unchanged, or a failed revision: --force redeploys it)"
+        message = (
+            f"{name}: nothing new to deploy (unchanged, a failed revision, or a stopped fleet rollout: "
+            "--force redeploys it)"
+        )
         _nothing(name, message, as_json=json_)
     else:
         _report(result.deployment, as_json=json_)
@@ -93,6 +104,7 @@ def rollback(
     json_: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
+    host_id: HostIdOpt = None,
     log_level: LogLevelOpt = "INFO",
     log_format: LogFormatOpt = "text",
     log_file: LogFileOpt = None,
@@ -103,7 +115,8 @@ def rollback(
     """
     setup(log_level, log_format, log_file)
     cfg = load(config, name)
-    dep = with_agent(cfg, state_dir_of(state_dir), lambda agent: agent.rollback(name, to))
+    host = host_id_of(host_id, cfg)
+    dep = with_agent(cfg, state_dir_of(state_dir), lambda agent: agent.rollback(name, to), host_id=host)
     _report(
         dep,
         as_json=json_,

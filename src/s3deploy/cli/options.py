@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -19,6 +20,7 @@ from s3deploy.cli.output import print_error
 from s3deploy.common.text import printable
 from s3deploy.config import Config, find_config_path, load_config
 from s3deploy.errors import AppSpecError, ConfigError, LockBusy, S3DeployError, describe
+from s3deploy.fleet.keys import check_host_id
 from s3deploy.log import setup_logging
 
 if TYPE_CHECKING:
@@ -55,6 +57,34 @@ LogFileOpt = Annotated[
     Path | None, typer.Option("--log-file", envvar="S3DEPLOY_LOG_FILE", help="Also log to this file")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+HostIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--host-id",
+        envvar="S3DEPLOY_HOST_ID",
+        show_default=False,
+        help="This host's name in a fleet (default: the host name); hooks see it as S3DEPLOY_HOST_ID",
+    ),
+]
+
+
+def host_id_of(value: str | None, cfg: Config) -> str:
+    """``--host-id`` (or S3DEPLOY_HOST_ID), else the host name. A given id must be valid (exit 2); the host
+    name must be only when a section is coordinated (it then names this host's objects in the bucket)."""
+    if value is not None:
+        try:
+            return check_host_id(value)
+        except ValueError as e:
+            raise fail(f"--host-id / S3DEPLOY_HOST_ID: {e}", EXIT_USAGE) from None
+    name = socket.gethostname()
+    try:
+        return check_host_id(name)
+    except ValueError as e:
+        if any(s.max_concurrent is not None for s in cfg.sections.values()):
+            raise fail(
+                f"the host name cannot be this host's id in a fleet ({e}): pass --host-id", EXIT_USAGE
+            ) from None
+    return name
 
 
 def complete_section(ctx: typer.Context, incomplete: str) -> list[str]:

@@ -17,6 +17,11 @@ def status_row(s: dict[str, Any]) -> list[Any]:
     """One line of the human `status` table, from an S object."""
     cur, last = s["current"] or {}, s["last"] or {}
     error = last.get("error") if last.get("status") != "succeeded" else None
+    fleet = s.get("fleet") or {}
+    if fleet.get("stopped"):
+        error = f"rollout stopped: {fleet['stopped']}"
+    if fleet.get("refused"):
+        error = f"fleet: {fleet['refused']}"
     if s["last_poll_error"]:
         error = f"S3: {s['last_poll_error']}" + (f"; {error}" if error else "")
     return [

@@ -12,6 +12,7 @@ from s3deploy.cli.options import (
     EXIT_OK,
     EXIT_USAGE,
     ConfigOpt,
+    HostIdOpt,
     LogFileOpt,
     LogFormatOpt,
     LogLevelOpt,
@@ -19,6 +20,7 @@ from s3deploy.cli.options import (
     arun,
     fail,
     guard,
+    host_id_of,
     load,
     setup,
     state_dir_of,
@@ -76,6 +78,7 @@ def run(
     ] = None,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
+    host_id: HostIdOpt = None,
     log_level: LogLevelOpt = "INFO",
     log_format: LogFormatOpt = "text",
     log_file: LogFileOpt = None,
@@ -102,10 +105,11 @@ def run(
     selection = Selection(all_sections, tuple(section or (DEFAULT_SECTION,)), overrides)
     guard(lambda: selection.pick(cfg))  # unknown sections or bad overrides: exit 2 before anything runs
     sdir = state_dir_of(state_dir)
+    host = host_id_of(host_id, cfg)
     if once:
         if metrics_port is not None or metrics_textfile is not None:
             raise fail("--metrics-port and --metrics-textfile are for the daemon, not --once", EXIT_USAGE)
-        results = with_agent(cfg, sdir, lambda agent: agent.run_once(selection), exclusive=True)
+        results = with_agent(cfg, sdir, lambda agent: agent.run_once(selection), exclusive=True, host_id=host)
         for result in results:
             say(_once_line(result))
         raise typer.Exit(EXIT_FAILED if any(r.failed for r in results) else EXIT_OK)
@@ -119,6 +123,7 @@ def run(
         shutdown_grace_s=shutdown_grace,
         metrics_port=metrics_port,
         metrics_textfile=metrics_textfile,
+        host_id=host,
     )
     raise typer.Exit(arun(daemon.serve()))
 

@@ -78,6 +78,19 @@ KEYS: dict[str, Key] = {
         values.parse_time,
         "a time like 2023-07-30 19:41:09+0000 or ISO 8601 (2023-07-30T19:41:09Z)",
     ),
+    # Fleet rollouts (SPEC §10): a section with max_concurrent is coordinated with the other hosts.
+    "max_concurrent": Key(
+        "max_concurrent",
+        values.parse_max_concurrent,
+        "a number of hosts from 1 to 10000 or a share of the fleet from 0.01% to 100% (like 2 or 25%)",
+    ),
+    "max_failures": Key("max_failures", values.parse_whole, f"a whole number from 0 to {values.MAX_COUNT}"),
+    "fleet_prefix": Key(
+        "fleet_prefix",
+        values.parse_fleet_prefix,
+        "a key prefix ending in '/' (like .s3deploy/), without a leading '/', '//' or control characters, "
+        "at most 256 characters",
+    ),
 }
 IGNORED_KEYS = frozenset({"installation_in_progress"})
 """Legacy keys that are read and ignored (per-section locks replaced ``installation_in_progress``)."""

@@ -12,6 +12,8 @@ from s3deploy.common.text import printable
 from s3deploy.config.keys import FIELD_TO_KEY, KEYS, parse_value, problem
 from s3deploy.config.values import Invalid
 from s3deploy.errors import ConfigError
+from s3deploy.fleet.keys import DEFAULT_PREFIX
+from s3deploy.fleet.policy import MaxConcurrent
 
 DEFAULT_SECTION = "Settings"
 """The section used when no section is named (the seed's only section)."""
@@ -41,6 +43,10 @@ class Section:
     trusted_signers: Path | None = None
     #: "copy" or "symlink" (SPEC §12: releases beside ``destination``, switched by a link).
     activation: str = "copy"
+    #: Fleet rollouts (SPEC §10): set means the section is coordinated with the other hosts.
+    max_concurrent: MaxConcurrent | None = None
+    max_failures: int = 0
+    fleet_prefix: str = DEFAULT_PREFIX
 
     def with_overrides(self, **overrides: object) -> Section:
         """Return a copy with command-line overrides applied, each validated like its config.ini value.

@@ -14,6 +14,9 @@ from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from s3deploy.fleet.keys import check_prefix
+from s3deploy.fleet.policy import MaxConcurrent
+
 MAX_SECONDS = 365 * 24 * 3600.0
 """Longest duration a key accepts (a year): longer means "never" and overflows some waits."""
 MAX_COUNT = 1_000_000_000
@@ -114,6 +117,27 @@ def parse_count(raw: str) -> int:
 
 
 _SIZE = re.compile(r"(\d{1,30}(?:\.\d{1,30})?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+
+
+def parse_whole(raw: str) -> int:
+    """A count that may be 0 (``max_failures``)."""
+    if not _COUNT.fullmatch(raw) or int(raw) > MAX_COUNT:
+        raise Invalid("")
+    return int(raw)
+
+
+def parse_max_concurrent(raw: str) -> MaxConcurrent:
+    try:
+        return MaxConcurrent.parse(raw)
+    except ValueError:
+        raise Invalid("") from None
+
+
+def parse_fleet_prefix(raw: str) -> str:
+    try:
+        return check_prefix(raw)
+    except ValueError:
+        raise Invalid("") from None
 
 
 def parse_size(raw: str) -> int:

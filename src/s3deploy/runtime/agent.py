@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from s3deploy.state.locks import InstanceLock, SectionLocks
 from s3deploy.state.store import Deployment, StateStore
 
 if TYPE_CHECKING:
+    from s3deploy.fleet.policy import Timing
     from s3deploy.metrics import Observer
     from s3deploy.source.s3 import ProgressCallback, S3Pool
     from s3deploy.watcher import Watcher
@@ -133,9 +135,14 @@ class Agent:
         exclusive: bool = False,
         progress: Callable[[str, int], ProgressCallback | None] | None = None,
         observer: Observer | None = None,
+        host_id: str | None = None,
+        fleet_timing: Timing | None = None,
     ) -> None:
         #: The daemon replaces it on SIGHUP; lock groups follow it.
         self.config = config
+        #: This host's name in a fleet (SPEC §10); None: the host name.
+        self.host_id = host_id or socket.gethostname()
+        self.fleet_timing = fleet_timing
         self.layout = StateLayout(state_dir)
         self.exclusive = exclusive
         self.progress = progress
@@ -204,6 +211,8 @@ class Agent:
                 lock_wait=self.exclusive,
                 progress=self.progress,
                 observer=self.observer,
+                host_id=self.host_id,
+                fleet_timing=self.fleet_timing,
             )
         return self._context
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from s3deploy.state.layout import StateLayout
@@ -13,6 +14,8 @@ from s3deploy.state.locks import SectionLocks
 from s3deploy.state.store import StateStore
 
 if TYPE_CHECKING:
+    from s3deploy.fleet.coordinator import HostFleet
+    from s3deploy.fleet.policy import Timing
     from s3deploy.metrics import Observer
     from s3deploy.source.s3 import ProgressCallback, S3Pool
 
@@ -34,6 +37,11 @@ class AgentContext:
     progress: Callable[[str, int], ProgressCallback | None] | None = None
     #: Told about polls and deployments (metrics, systemd STATUS).
     observer: Observer | None = None
+    #: This host's name in a fleet (``--host-id``); hooks see it as S3DEPLOY_HOST_ID.
+    host_id: str = field(default_factory=socket.gethostname)
+    #: How often coordinated sections look and write (None: the product's defaults; tests shorten it).
+    fleet_timing: Timing | None = None
+    _fleet: HostFleet | None = None
     _data_version: int = -1
     _data_version_at: float = float("-inf")
 
@@ -47,6 +55,15 @@ class AgentContext:
             self._data_version_at = time.monotonic()
             self._data_version = await asyncio.to_thread(self.state.data_version)
         return self._data_version, self.state.local_writes
+
+    def host_fleet(self) -> HostFleet:
+        """This process in every fleet it takes part in (made on first use: one conditional-write check
+        per store and process). FleetError when the host id is not a valid one."""
+        if self._fleet is None:
+            from s3deploy.fleet.coordinator import HostFleet
+
+            self._fleet = HostFleet(self.pool, self.host_id, timing=self.fleet_timing)
+        return self._fleet
 
     def forget_state_token(self) -> None:
         """Read the data version again at the next ``state_token`` (tests; after a reload)."""

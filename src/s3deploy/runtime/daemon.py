@@ -51,6 +51,7 @@ class Daemon:
         shutdown_grace_s: float = 30.0,
         metrics_port: int | None = None,
         metrics_textfile: Path | None = None,
+        host_id: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.config = config
@@ -59,6 +60,7 @@ class Daemon:
         self.shutdown_grace_s = shutdown_grace_s
         self.metrics_port = metrics_port
         self.metrics_textfile = metrics_textfile
+        self.host_id = host_id
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._running: dict[str, _Running] = {}
         self._signals = 0
@@ -69,7 +71,7 @@ class Daemon:
     async def serve(self) -> int:
         """Startup → main loop → shutdown. LockBusy (exit 3) when another daemon holds the state."""
         sections = self.selection.pick(self.config)
-        async with Agent(self.config, self.state_dir, exclusive=True) as agent:
+        async with Agent(self.config, self.state_dir, exclusive=True, host_id=self.host_id) as agent:
             monitor = await self.startup(agent)
             try:
                 async with asyncio.TaskGroup() as tg:

@@ -79,6 +79,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             accepted_at TEXT NOT NULL
         )""",
     ),
+    # fleet: what a coordinated section (SPEC §10) remembers besides its deployments: the revision it
+    # skipped because its rollout was stopped (status shows the section `stopped`), why the store was
+    # refused (no conditional writes), and the slot it holds (freed first after a crash).
+    (
+        """CREATE TABLE fleet_sections (
+            name TEXT PRIMARY KEY,
+            skipped_identity TEXT,
+            skipped_reason TEXT,
+            skipped_at TEXT,
+            refused TEXT,
+            refused_at TEXT,
+            slot_identity TEXT,
+            slot_deployment_id TEXT,
+            slot_holder TEXT
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
