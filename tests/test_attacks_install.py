@@ -164,3 +164,29 @@ def test_item18_the_plan_sees_the_cleanup_and_the_other_sections_before_anything
     victim.bystander_deploys()
     assert not (dest / "shared.conf").exists()  # B's next release, without it, removed it
     victim.assert_clean_output()
+
+
+def test_new_a_hook_that_opens_its_release_to_others_cannot_let_them_change_what_root_runs_later(
+    victim: Victim, app_user: User
+) -> None:
+    """Not in issue 9 (found replaying item 3): a hook runs as root in its release and may open it again
+    (``chmod -R a+w .``, common in "fix permissions" scripts); a local user then rewrites scripts/stop.sh,
+    which the next deployment ran as root as the previous release's ApplicationStop. Such a release is
+    not used again: its ApplicationStop is skipped, saying why."""
+    dest, pwned = victim.dest("Target"), victim.base / "pwned"
+    spec = appspec(dest, {"ApplicationStop": "scripts/stop.sh", "AfterInstall": "scripts/build.sh"})
+    build = "mkdir -p cache && chmod -R a+w . && echo built"
+    files = {"appspec.yml": spec, "scripts/stop.sh": "#!/bin/sh\necho stopping\n",
+             "scripts/build.sh": f"#!/bin/sh\n{build}\n", "app/x": "1"}  # fmt: skip
+    victim.start()
+    victim.upload("Target", zip_bytes(files))
+    first = victim.wait_finished(1)
+    assert first["status"] == "succeeded", first["error"]
+    stop_sh = Path(first["release_dir"]) / "bundle/scripts/stop.sh"
+    app_user.run(f"echo 'touch {pwned}' >> {stop_sh}")  # the hook left it open: the attack works
+    victim.upload("Target", zip_bytes({**files, "app/x": "2"}))
+    assert victim.wait_finished(2)["status"] == "succeeded"
+    assert not pwned.exists(), "root ran the script a local user rewrote"
+    out = victim.daemon.output() if victim.daemon else ""
+    assert f"release of {first['id']} cannot be used: release entry " in out and "writable by others" in out
+    victim.bystander_deploys()
