@@ -13,6 +13,7 @@ from s3deploy.appspec import load_appspec
 from s3deploy.errors import S3DeployError
 from s3deploy.install import activation
 from s3deploy.install.activation import release_root_for
+from s3deploy.install.release_modes import check_release
 from s3deploy.lifecycle.pipeline import POST_INSTALL_EVENTS, Release
 from s3deploy.state.layout import StateLayout
 from s3deploy.state.store import Deployment, StateStore
@@ -64,6 +65,7 @@ class Releases:
             logger.warning("release of %s is no longer on disk (%s)", dep.id, root)
             return None
         try:
+            await asyncio.to_thread(check_release, root)  # its hooks ran as root in it: still closed?
             spec = await asyncio.to_thread(load_appspec, root)
         except S3DeployError as e:
             logger.warning("release of %s cannot be used: %s", dep.id, e)

@@ -7,6 +7,11 @@ strips group and other write from every entry (links are never followed), record
 modes of the entries it narrows in the release's ``modes.json`` (``{"version": 1, "modes": {relative
 path: mode}}``, 0600). Install reads that file (``read_release_modes``), so installed files still get the
 modes the bundle gives them; a rollback from disk reads the same file.
+
+Its hooks run as root with the release as their working folder and may open it up again (``chmod -R
+a+w .``, a 0777 cache folder): from then on anyone may have changed its scripts. ``check_release`` finds
+that before a release is used again (releases.py: the previous release's ApplicationStop, a rollback),
+and refuses it rather than run what it holds as root.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from s3deploy.common.files import atomic_write
@@ -38,16 +44,8 @@ def restrict_release(bundle_root: Path) -> int:
     narrowed: dict[str, int] = {}
     by_inode: dict[tuple[int, int], int] = {}  # hard links share one mode: record the original for each name
     try:
-        root = os.open(bundle_root, DIR_FLAGS)
-        try:
-            _narrow(root, ".", ".", owner, narrowed, by_inode)
-        finally:
-            os.close(root)
-        for top, dirnames, filenames, top_fd in os.fwalk(bundle_root, follow_symlinks=False):
-            rel_top = os.path.relpath(top, bundle_root)
-            for name in dirnames + filenames:
-                rel = name if rel_top == "." else f"{rel_top}/{name}"
-                _narrow(top_fd, name, rel, owner, narrowed, by_inode)
+        for dir_fd, name, rel in _entries(bundle_root):
+            _narrow(dir_fd, name, rel, owner, narrowed, by_inode)
     except OSError as e:
         raise BundleError(f"cannot remove group/other write from the release at {bundle_root}: {e}") from e
     modes_file = release_modes_file(bundle_root)
@@ -61,6 +59,40 @@ def restrict_release(bundle_root: Path) -> int:
             len(narrowed),
         )
     return len(narrowed)
+
+
+def check_release(bundle_root: Path) -> None:
+    """Raise BundleError naming the first file or folder of the release that another user owns or that
+    group or others may write (a hook opened it after it was unpacked): what it holds may have been
+    changed by anyone, so nothing of it may run as root."""
+    owner = os.geteuid()
+    try:
+        for dir_fd, name, rel in _entries(bundle_root):
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                continue  # a link's mode means nothing; a socket or fifo is not run
+            if st.st_uid != owner or st.st_mode & SHARED_WRITE:
+                raise BundleError(
+                    f"release entry {rel!r} is owned by uid {st.st_uid} with mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}: writable by others since it was unpacked (a hook "
+                    "opened it?), so anyone may have changed what it holds; nothing of it runs again"
+                )
+    except OSError as e:
+        raise BundleError(f"cannot check the release at {bundle_root}: {e}") from e
+
+
+def _entries(bundle_root: Path) -> Iterator[tuple[int, str, str]]:
+    """(folder descriptor, name, path relative to the bundle) of the bundle root and everything in it,
+    top down, no link followed."""
+    root = os.open(bundle_root, DIR_FLAGS)
+    try:
+        yield root, ".", "."
+    finally:
+        os.close(root)
+    for top, dirnames, filenames, top_fd in os.fwalk(bundle_root, follow_symlinks=False):
+        rel_top = os.path.relpath(top, bundle_root)
+        for name in dirnames + filenames:
+            yield top_fd, name, name if rel_top == "." else f"{rel_top}/{name}"
 
 
 def _narrow(
