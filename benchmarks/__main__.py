@@ -13,8 +13,11 @@ import boto3
 from botocore.config import Config
 
 from benchmarks.cases import CASES, Bench
+from benchmarks.detection import DETECTION_CASES
 from benchmarks.harness import Row, metadata, render, write_results
 from s3deploy.devtools.seaweed import SeaweedServer
+
+CASES.update(DETECTION_CASES)
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -67,6 +67,11 @@ KEYS: dict[str, Key] = {
         values.parse_time,
         "a time like 2023-07-30 19:41:09+0000 or ISO 8601 (2023-07-30T19:41:09Z)",
     ),
+    "wake_queue_url": Key(
+        "wake_queue_url",
+        values.parse_queue_url,
+        "an SQS queue URL like https://sqs.eu-west-1.amazonaws.com/123456789012/deploy-wakeups",
+    ),
 }
 IGNORED_KEYS = frozenset({"installation_in_progress"})
 """Legacy keys that are read and ignored (per-section locks replaced ``installation_in_progress``)."""

@@ -37,6 +37,8 @@ class Section:
     max_files: int = 200_000
     max_unpacked_bytes: int = 10 * 1024**3
     last_fetch_time: datetime | None = None
+    #: SQS queue of S3 event notifications that wake this section (SPEC §13; docs/wakeups.md).
+    wake_queue_url: str | None = None
 
     def with_overrides(self, **overrides: object) -> Section:
         """Return a copy with command-line overrides applied, each validated like its config.ini value.
