@@ -11,11 +11,10 @@ only cancellation does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from s3deploy.common.backoff import backoff_delay
 from s3deploy.config import Section
@@ -56,16 +55,21 @@ class Watcher:
         # What the last quiet poll saw (identity, state token); a poll seeing the same skips the database.
         self._quiet: tuple[str, tuple[int, int]] | None = None
         self._quiet_until = 0.0
-        # Wake-ups: the time of the latest one not yet polled for, and what ends a pause early.
+        # Wake-ups: the time of the latest one not yet polled for, and the pause they end early.
         self._woken_at: float | None = None
-        self._alarm = asyncio.Event()
+        self._pausing: asyncio.Future[None] | None = None
         self._read_at = -math.inf
 
     def wake(self) -> None:
         """Poll now (a push wake-up, SIGUSR1): only a hint, every check of a poll still applies. Polls
         for wake-ups start at least WAKE_MIN_GAP_S apart: a sooner wake is delayed, never lost."""
         self._woken_at = time.monotonic()
-        self._alarm.set()
+        self._resume()
+
+    def _resume(self) -> None:
+        """End the current pause, if any (a wake-up, or the stop)."""
+        if self._pausing is not None and not self._pausing.done():
+            self._pausing.set_result(None)
 
     # ------------------------------------------------------------------ polling
     async def run(self, stop: asyncio.Event) -> None:
@@ -79,7 +83,7 @@ class Watcher:
         interval = sec.poll_interval_s
         poller = self.ctx.pool.poller(self.endpoint, sec.s3_bucket)
         poller.watch(sec.target_file_key, interval)
-        relay = asyncio.ensure_future(_relay(stop, self._alarm))
+        relay = asyncio.ensure_future(_relay(stop, self._resume))
         failures = 0
         last_error = ""
         not_before: float | None = None  # the first poll shares a LIST in flight, or starts one
@@ -118,8 +122,8 @@ class Watcher:
     async def _pause(self, due: float, stop: asyncio.Event) -> float | None:
         """Sleep until ``due`` (``time.monotonic()``) or a wake-up; returns the ``not_before`` of the
         next read (the time it was due, or of the wake), None once ``stop`` is set."""
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
-            self._alarm.clear()
             now = time.monotonic()
             if self._woken_at is not None:
                 until = self._read_at + WAKE_MIN_GAP_S
@@ -131,8 +135,15 @@ class Watcher:
                 return due
             else:
                 until = due
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._alarm.wait(), until - now)
+            # One future and one timer per pause (no task, no exception): the idle daemon pauses
+            # every watcher once per interval.
+            self._pausing = loop.create_future()
+            timer = loop.call_later(until - now, self._resume)
+            try:
+                await self._pausing
+            finally:
+                timer.cancel()
+                self._pausing = None
         return None
 
     async def poll_once(self, *, force: bool = False) -> Deployment | None:
@@ -241,7 +252,7 @@ class Watcher:
         return done
 
 
-async def _relay(stop: asyncio.Event, alarm: asyncio.Event) -> None:
-    """Set ``alarm`` once ``stop`` is set: a watcher's pause waits on one event, not two."""
+async def _relay(stop: asyncio.Event, resume: Callable[[], None]) -> None:
+    """Call ``resume`` once ``stop`` is set: a watcher's pause waits on one future, not two."""
     await stop.wait()
-    alarm.set()
+    resume()

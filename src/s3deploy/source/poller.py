@@ -98,6 +98,7 @@ class BucketPoller:
         self.lists = 0  # LIST requests made (for the benchmarks and the tests)
         self.heads = 0
         self._keys: dict[str, _Key] = {}
+        self._interval_s = _ONE_SHOT_CAP_S  # the shortest interval of the watchers (kept by watch/unwatch)
         self._round: _Round | None = None
         self._failures = 0  # LISTs failed in a row
         self._retry_at = -math.inf
@@ -107,6 +108,7 @@ class BucketPoller:
     def watch(self, key: str, interval_s: float) -> None:
         """A watcher polls ``key`` every ``interval_s`` from now on (until :meth:`unwatch`)."""
         self._keys.setdefault(key, _Key()).intervals.append(interval_s)
+        self._interval_s = self._shortest()
 
     def unwatch(self, key: str, interval_s: float) -> None:
         """Undo one :meth:`watch`; a key nobody watches any more leaves the listing."""
@@ -116,10 +118,14 @@ class BucketPoller:
         known.intervals.remove(interval_s)
         if not known.intervals:
             del self._keys[key]
+        self._interval_s = self._shortest()
 
     @property
     def interval_s(self) -> float:
         """The bucket's round interval: the shortest poll interval of its watchers."""
+        return self._interval_s
+
+    def _shortest(self) -> float:
         return min((i for k in self._keys.values() for i in k.intervals), default=_ONE_SHOT_CAP_S)
 
     def due(self, key: str) -> float:
