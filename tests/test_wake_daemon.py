@@ -15,6 +15,8 @@ from typing import Any
 import boto3
 import pytest
 
+from s3deploy.config import Section
+from s3deploy.runtime.wakeups import plan_listeners
 from tests.agent import DaemonProcess, appspec, cli, db_history, wait_until, write_config, zip_bytes
 from tests.s3server import sync_client
 
@@ -203,3 +205,21 @@ def test_a_bad_wake_queue_url_is_a_configuration_error(tmp_path: Path, url: str)
     assert proc.returncode == 2
     assert f"{config} [Web] wake_queue_url: expected an SQS queue URL like https://" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_one_listener_per_queue_and_credentials_each_waking_every_section_on_that_queue() -> None:
+    q1, q2 = "https://sqs.eu-west-1.amazonaws.com/1/q1", "http://127.0.0.1:9324/1/q2"
+    sections = [
+        Section(name="A", s3_bucket="b", target_file_key="a.zip", wake_queue_url=q1),
+        Section(name="B", s3_bucket="b", target_file_key="a.zip", wake_queue_url=q1),  # same object
+        Section(name="C", s3_bucket="b", target_file_key="c.zip", wake_queue_url=q1, profile_name="ops"),
+        Section(name="D", s3_bucket="b", target_file_key="d.zip", wake_queue_url=q2, region="eu-west-3"),
+        Section(name="E", s3_bucket="b", target_file_key="e.zip"),  # no queue: no listener
+    ]
+    plans = {(p.address.url, p.profile_name, p.region): p for p in plan_listeners(sections)}
+    assert set(plans) == {(q1, None, None), (q1, "ops", None), (q2, None, "eu-west-3")}
+    for key in [(q1, None, None), (q1, "ops", None)]:  # whichever receives a message wakes A, B and C
+        assert dict(plans[key].targets) == {("b", "a.zip"): ("A", "B"), ("b", "c.zip"): ("C",)}
+        assert plans[key].everyone == ("A", "B", "C")
+    assert plans[(q2, None, "eu-west-3")].everyone == ("D",)
+    assert plans[(q2, None, "eu-west-3")].address.signing_region("eu-west-3") == "eu-west-3"
