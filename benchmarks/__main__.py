@@ -13,11 +13,13 @@ import boto3
 from botocore.config import Config
 
 from benchmarks.cases import CASES, Bench
+from benchmarks.detection import DETECTION_CASES
 from benchmarks.harness import Row, metadata, render, write_results
 from benchmarks.signing import CASES as SIGNING_CASES
 from s3deploy.devtools.seaweed import SeaweedServer
 
 CASES.update(SIGNING_CASES)
+CASES.update(DETECTION_CASES)
 
 
 def _env(home: Path) -> dict[str, str]:

@@ -121,12 +121,12 @@ async def test_an_unexpected_error_in_a_poll_is_logged_and_the_loop_goes_on(
     calls = 0
     real_poll = S3Pool.poll
 
-    async def flaky_poll(self: S3Pool, ep: Endpoint, bucket: str, key: str) -> Revision:
+    async def flaky_poll(self: S3Pool, ep: Endpoint, bucket: str, key: str, **kwargs: Any) -> Revision:
         nonlocal calls
         calls += 1
         if calls <= 3:
             raise KeyError("Last-Modified")
-        return await real_poll(self, ep, bucket, key)
+        return await real_poll(self, ep, bucket, key, **kwargs)
 
     monkeypatch.setattr(S3Pool, "poll", flaky_poll)
     async with open_agent(tmp_path / "state", section, exclusive=True) as agent:

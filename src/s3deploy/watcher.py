@@ -1,7 +1,9 @@
 """One section's watcher: detect a new revision in S3 and have it deployed, under the section's locks.
 
 ``poll_once()`` is one check (what ``run --once``, the ``deploy`` command and the tests call); ``run()``
-loops it with the poll interval, backing off with jitter on S3 errors. The deploying itself (download,
+loops it on the schedule of the section's bucket (:mod:`s3deploy.source.poller`: one LIST per interval
+for every section of the bucket), backing off with jitter on errors; ``wake()`` (a push wake-up,
+SIGUSR1) makes it poll now. The deploying itself (download,
 unpack, lifecycle, rollback, pruning) is the Deployer's. A deployment failure never leaves the watcher;
 only cancellation does.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -32,6 +35,8 @@ logger = logging.getLogger(__name__)
 POLL_RECORD_INTERVAL_S = 240.0
 #: Longest wait between retries of a download that keeps failing on S3 errors.
 MAX_DOWNLOAD_BACKOFF_S = 900.0
+#: Polls made for wake-ups start at least this far apart (a later wake waits, and is never lost).
+WAKE_MIN_GAP_S = 1.0
 
 
 class Watcher:
@@ -56,6 +61,21 @@ class Watcher:
         # What the last quiet poll saw (identity, state token); a poll seeing the same skips the database.
         self._quiet: tuple[str, tuple[int, int]] | None = None
         self._quiet_until = 0.0
+        # Wake-ups: the time of the latest one not yet polled for, and the pause they end early.
+        self._woken_at: float | None = None
+        self._pausing: asyncio.Future[None] | None = None
+        self._read_at = -math.inf
+
+    def wake(self) -> None:
+        """Poll now (a push wake-up, SIGUSR1): only a hint, every check of a poll still applies. Polls
+        for wake-ups start at least WAKE_MIN_GAP_S apart: a sooner wake is delayed, never lost."""
+        self._woken_at = time.monotonic()
+        self._resume()
+
+    def _resume(self) -> None:
+        """End the current pause, if any (a wake-up, or the stop)."""
+        if self._pausing is not None and not self._pausing.done():
+            self._pausing.set_result(None)
 
     # ------------------------------------------------------------------ polling
     async def run(self, stop: asyncio.Event) -> None:
@@ -80,50 +100,83 @@ class Watcher:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self, stop: asyncio.Event) -> None:
-        interval = self.section.poll_interval_s
+        sec = self.section
+        interval = sec.poll_interval_s
+        poller = self.ctx.pool.poller(self.endpoint, sec.s3_bucket)
+        poller.watch(sec.target_file_key, interval)
+        relay = asyncio.ensure_future(_relay(stop, self._resume))
         failures = 0
         last_error = ""
+        not_before: float | None = None  # the first poll shares a LIST in flight, or starts one
+        try:
+            while not stop.is_set():
+                self._read_at = time.monotonic()
+                try:
+                    await self._poll_once(False, not_before)
+                except SourceError as e:
+                    self._quiet = None  # the next good poll records that S3 answers again
+                    if self.ctx.observer is not None:
+                        self.ctx.observer.polled(sec.name, str(e))
+                    failures += 1
+                    if str(e) != last_error:
+                        logger.warning("S3 check failed (will retry): %s", e)
+                        last_error = str(e)
+                    await asyncio.to_thread(self.ctx.state.record_poll, sec.name, identity=None, error=str(e))
+                    due = poller.due(sec.target_file_key)  # the retry, backed off by the poller
+                except Exception as e:
+                    self._quiet = None
+                    failures += 1
+                    logger.error("%s", describe(e), exc_info=logger.isEnabledFor(logging.DEBUG))
+                    due = time.monotonic() + backoff_delay(failures, cap_s=interval)
+                else:
+                    if self.ctx.observer is not None:
+                        self.ctx.observer.polled(sec.name, None)
+                    if failures:
+                        logger.info("S3 reachable again after %d failed checks", failures)
+                    failures, last_error = 0, ""
+                    due = poller.due(sec.target_file_key)
+                not_before = await self._pause(due, stop)
+        finally:
+            relay.cancel()
+            poller.unwatch(sec.target_file_key, interval)
+
+    async def _pause(self, due: float, stop: asyncio.Event) -> float | None:
+        """Sleep until ``due`` (``time.monotonic()``) or a wake-up; returns the ``not_before`` of the
+        next read (the time it was due, or of the wake), None once ``stop`` is set."""
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
-            started = time.monotonic()
-            try:
-                await self.poll_once()
-            except SourceError as e:
-                self._quiet = None  # the next good poll records that S3 answers again
-                if self.ctx.observer is not None:
-                    self.ctx.observer.polled(self.section.name, str(e))
-                failures += 1
-                if str(e) != last_error:
-                    logger.warning("S3 check failed (will retry): %s", e)
-                    last_error = str(e)
-                await asyncio.to_thread(
-                    self.ctx.state.record_poll, self.section.name, identity=None, error=str(e)
-                )
-                delay = backoff_delay(failures, cap_s=interval)
-            except Exception as e:
-                self._quiet = None
-                failures += 1
-                logger.error("%s", describe(e), exc_info=logger.isEnabledFor(logging.DEBUG))
-                delay = backoff_delay(failures, cap_s=interval)
+            now = time.monotonic()
+            if self._woken_at is not None:
+                until = self._read_at + WAKE_MIN_GAP_S
+                if now >= until:
+                    woken_at, self._woken_at = self._woken_at, None
+                    logger.debug("woken up: polling now")
+                    return woken_at
+            elif now >= due:
+                return due
             else:
-                if self.ctx.observer is not None:
-                    self.ctx.observer.polled(self.section.name, None)
-                if failures:
-                    logger.info("S3 reachable again after %d failed checks", failures)
-                failures, last_error = 0, ""
-                delay = max(0.0, interval - (time.monotonic() - started))
+                until = due
+            # One future and one timer per pause (no task, no exception): the idle daemon pauses
+            # every watcher once per interval.
+            self._pausing = loop.create_future()
+            timer = loop.call_later(until - now, self._resume)
             try:
-                await asyncio.wait_for(stop.wait(), delay)
-            except TimeoutError:
-                pass
+                await self._pausing
+            finally:
+                timer.cancel()
+                self._pausing = None
+        return None
 
     async def poll_once(self, *, force: bool = False) -> Deployment | None:
         """One check: HEAD (or a shared LIST), deploy if it changed. Returns the deployment made, if any."""
         with log_context(section=self.section.name):
-            return await self._poll_once(force)
+            return await self._poll_once(force, None)
 
-    async def _poll_once(self, force: bool) -> Deployment | None:
+    async def _poll_once(self, force: bool, not_before: float | None) -> Deployment | None:
         sec = self.section
-        rev = await self.ctx.pool.poll(self.endpoint, sec.s3_bucket, sec.target_file_key)
+        rev = await self.ctx.pool.poll(
+            self.endpoint, sec.s3_bucket, sec.target_file_key, not_before=not_before
+        )
         if not force and self._quiet == (rev.identity, await self.ctx.state_token()):
             if time.monotonic() < self._quiet_until:
                 return None  # same object, same state: the same decision as last time
@@ -241,3 +294,9 @@ class Watcher:
         if done is None:
             raise S3DeployError(f"[{name}] the release of {good.id} cannot be loaded from disk")
         return done
+
+
+async def _relay(stop: asyncio.Event, resume: Callable[[], None]) -> None:
+    """Call ``resume`` once ``stop`` is set: a watcher's pause waits on one future, not two."""
+    await stop.wait()
+    resume()

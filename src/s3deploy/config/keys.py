@@ -91,6 +91,11 @@ KEYS: dict[str, Key] = {
         "a key prefix ending in '/' (like .s3deploy/), without a leading '/', '//' or control characters, "
         "at most 256 characters",
     ),
+    "wake_queue_url": Key(
+        "wake_queue_url",
+        values.parse_queue_url,
+        "an SQS queue URL like https://sqs.eu-west-1.amazonaws.com/123456789012/deploy-wakeups",
+    ),
 }
 IGNORED_KEYS = frozenset({"installation_in_progress"})
 """Legacy keys that are read and ignored (per-section locks replaced ``installation_in_progress``)."""

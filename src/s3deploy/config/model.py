@@ -47,6 +47,8 @@ class Section:
     max_concurrent: MaxConcurrent | None = None
     max_failures: int = 0
     fleet_prefix: str = DEFAULT_PREFIX
+    #: SQS queue of S3 event notifications that wake this section (SPEC §13; docs/wakeups.md).
+    wake_queue_url: str | None = None
 
     def with_overrides(self, **overrides: object) -> Section:
         """Return a copy with command-line overrides applied, each validated like its config.ini value.

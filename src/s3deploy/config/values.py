@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from s3deploy.fleet.keys import check_prefix
 from s3deploy.fleet.policy import MaxConcurrent
+from s3deploy.wake.address import parse_queue_url as _check_queue_url
 
 MAX_SECONDS = 365 * 24 * 3600.0
 """Longest duration a key accepts (a year): longer means "never" and overflows some waits."""
@@ -186,3 +187,12 @@ def parse_time(raw: str) -> datetime:
         raise Invalid("") from None
     except OverflowError:  # 9999-12-31T23:59:59-14:00 is past the last representable UTC time
         raise Invalid("a time that stays within the years 1 to 9999 once converted to UTC") from None
+
+
+def parse_queue_url(raw: str) -> str:
+    """A ``wake_queue_url``, checked as the wake-up listener reads it (:mod:`s3deploy.wake.address`)."""
+    try:
+        _check_queue_url(raw)
+    except ValueError as e:
+        raise Invalid(str(e)) from None
+    return raw

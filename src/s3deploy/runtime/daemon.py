@@ -5,8 +5,9 @@
 - startup: the Agent opens the runtime (instance lock: a second daemon on the same state directory gets
   LockBusy → exit 3; the state; recovery of deployments a dead process left ``running``), then metrics,
   signal handlers, one watcher per section, READY to systemd;
-- main loop: wait for a signal. SIGHUP reloads config.ini: watchers are added, removed or restarted; an
-  invalid file (or any error while reloading) keeps the old configuration;
+- main loop: wait for a signal. SIGHUP reloads config.ini: watchers (and wake-up queue listeners) are
+  added, removed or restarted; an invalid file (or any error while reloading) keeps the old configuration.
+  SIGUSR1 wakes every watcher (runtime/wakeups.py, which also runs the ``wake_queue_url`` listeners);
 - shutdown (SIGTERM/SIGINT): stop polling, give a running deployment ``shutdown_grace_s``, then cancel it
   (its hooks are killed, it is recorded ``interrupted``); a second signal cancels at once.
 """
@@ -24,6 +25,7 @@ from s3deploy.errors import describe
 from s3deploy.metrics import Monitor
 from s3deploy.notify import Notifier
 from s3deploy.runtime.agent import Agent, Selection
+from s3deploy.runtime.wakeups import Wakeups
 from s3deploy.watcher import Watcher
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Daemon:
         self._notify = Notifier()
         self._shutdown = asyncio.Event()
         self._monitor: Monitor | None = None
+        self._wakeups = Wakeups()
 
     async def serve(self) -> int:
         """Startup → main loop → shutdown. LockBusy (exit 3) when another daemon holds the state."""
@@ -86,7 +89,7 @@ class Daemon:
                     await self.shutdown()
             finally:
                 loop = asyncio.get_running_loop()
-                for sig in (*_STOP_SIGNALS, signal.SIGHUP):
+                for sig in (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGUSR1):
                     loop.remove_signal_handler(sig)
         logger.info("stopped")
         return 0
@@ -103,6 +106,7 @@ class Daemon:
         for sig in _STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._events.put_nowait, "reload")
+        loop.add_signal_handler(signal.SIGUSR1, self._wakeups.wake_all)
         return monitor
 
     async def main_loop(self, tg: asyncio.TaskGroup, agent: Agent, monitor: Monitor) -> None:
@@ -116,6 +120,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop polling; give running deployments the grace, then cancel them; stop the helpers."""
         self._notify.stopping()
+        self._wakeups.stop()
         for running in self._running.values():
             running.stop.set()
         tasks = [r.task for r in self._running.values()]
@@ -182,6 +187,7 @@ class Daemon:
             stop = asyncio.Event()
             task = tg.create_task(self._supervise(watcher, stop), name=f"watcher:{name}")
             self._running[name] = _Running(watcher, stop, task)
+        self._wakeups.sync(tg, {name: running.watcher for name, running in self._running.items()})
         if self._monitor is not None:
             self._monitor.watch(wanted)
 

@@ -30,7 +30,7 @@ from s3deploy.source import session
 from s3deploy.source.checksums import checksum_for
 from s3deploy.source.failures import HINTS, translated
 from s3deploy.source.failures import translate_error as translate_error  # re-exported for callers
-from s3deploy.source.poller import BucketLister
+from s3deploy.source.poller import BucketPoller
 from s3deploy.source.revision import Endpoint, Revision, env_endpoint_url
 from s3deploy.source.timestamps import server_time
 from s3deploy.source.transfer import Download
@@ -58,7 +58,7 @@ class S3Pool:
 
     def __init__(self) -> None:
         self._clients: dict[Endpoint, Any] = {}
-        self._listers: dict[tuple[Endpoint, str], BucketLister] = {}
+        self._pollers: dict[tuple[Endpoint, str], BucketPoller] = {}
         self._stack = contextlib.AsyncExitStack()
         self._lock = asyncio.Lock()
         self._closed = False
@@ -75,6 +75,8 @@ class S3Pool:
         """Close every client (and its connection pool)."""
         async with self._lock:
             self._closed = True
+            for poller in self._pollers.values():
+                poller.close()
             self._clients.clear()
             await self._stack.aclose()
 
@@ -201,19 +203,25 @@ class S3Pool:
         found = await self.listing(ep, bucket, prefix, page_size=page_size, max_objects=max_objects)
         return found.objects
 
-    async def poll(self, ep: Endpoint, bucket: str, key: str) -> Revision:
-        """What a watcher's poll sees: a HEAD, or a share of one LIST for sections sharing the bucket.
+    async def poll(self, ep: Endpoint, bucket: str, key: str, *, not_before: float | None = None) -> Revision:
+        """What a watcher's poll sees: a HEAD, or a share of the bucket's LIST (see
+        :meth:`BucketPoller.read <s3deploy.source.poller.BucketPoller.read>` for ``not_before``).
 
-        See :mod:`s3deploy.source.poller`. Errors are the ones :meth:`head` raises for the key.
+        Errors are the ones :meth:`head` raises for the key.
         """
-        lister = self._listers.get((ep, bucket))
-        if lister is None:
-            lister = self._listers[(ep, bucket)] = BucketLister(self, ep, bucket)
-        return await lister.revision(key)
+        return await self.poller(ep, bucket).read(key, not_before=not_before)
 
-    def lister(self, ep: Endpoint, bucket: str) -> BucketLister | None:
-        """The lister of one bucket, once a poll created it (its counters are read by the benchmarks)."""
-        return self._listers.get((ep, bucket))
+    def poller(self, ep: Endpoint, bucket: str) -> BucketPoller:
+        """The poll schedule of one bucket (made on first use): watchers register with it and sleep
+        until it says their next read is due (see :mod:`s3deploy.source.poller`)."""
+        found = self._pollers.get((ep, bucket))
+        if found is None:
+            found = self._pollers[(ep, bucket)] = BucketPoller(self, ep, bucket)
+        return found
+
+    def lister(self, ep: Endpoint, bucket: str) -> BucketPoller | None:
+        """The poller of one bucket, once a poll created it (its counters are read by the tests)."""
+        return self._pollers.get((ep, bucket))
 
     async def download(
         self,
