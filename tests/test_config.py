@@ -587,3 +587,34 @@ def test_control_characters_in_names_and_lines_are_shown_escaped(tmp_path: Path)
     message = config_error(bad_line)
     assert_escaped(message)
     assert 'got "\\x1b]0;pwned\\x07"' in message
+
+
+@pytest.mark.parametrize("key_line", ["max_failures = 2", "fleet_prefix = rollouts/"])
+def test_fleet_keys_without_max_concurrent_are_an_error_not_silently_ignored(
+    tmp_path: Path, key_line: str
+) -> None:
+    message = config_error(production(tmp_path, key_line))
+    key = key_line.split(" ")[0]
+    assert f"[Production] {key}: expected max_concurrent too: {key} only applies to a coordinated" in message
+    assert "set max_concurrent" in message
+    load_config(production(tmp_path, f"{key_line}\nmax_concurrent = 25%"))  # coordinated: fine
+
+
+def test_fleet_keys_in_default_are_defaults_for_the_coordinated_sections_only(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [DEFAULT]
+        max_failures = 2
+        [Fleet]
+        s3_bucket = b
+        target_file_key = a.zip
+        max_concurrent = 2
+        [Single]
+        s3_bucket = b
+        target_file_key = c.zip
+        """,
+    )
+    cfg = load_config(path)
+    assert cfg.sections["Fleet"].max_failures == 2
+    assert cfg.sections["Single"].max_concurrent is None

@@ -190,6 +190,8 @@ def _load_section(
     if isinstance(signers, Path):
         problems += _signers_problems(where, signers)
     _check_activation(where, values, failed, problems)
+    own = {key for key, _ in parser.items(name)} - set(parser.defaults())
+    _check_fleet_keys(where, own, values, failed, problems)
     if len(problems) > before:
         return None
     changes: dict[str, Any] = {KEYS[key].field: value for key, value in values.items()}
@@ -221,6 +223,21 @@ def _check_activation(where: str, values: dict[str, object], failed: set[str], p
         problems.append(
             f"{where} activation: symlink needs a destination below /, not / itself (its releases live in "
             "a folder beside it); use a folder such as /srv/app, or activation = copy"
+        )
+
+
+def _check_fleet_keys(
+    where: str, own: set[str], values: dict[str, object], failed: set[str], problems: list[str]
+) -> None:
+    """``max_failures`` and ``fleet_prefix`` written in a section without ``max_concurrent`` would be
+    ignored (the section is not coordinated): the operator meant a fleet rollout, so say so. From
+    [DEFAULT] they are only defaults for the coordinated sections."""
+    if "max_concurrent" in values or "max_concurrent" in failed:
+        return
+    for key in sorted(own & {"max_failures", "fleet_prefix"} - failed):
+        problems.append(
+            f"{where} {key}: expected max_concurrent too: {key} only applies to a coordinated section; "
+            "set max_concurrent (like 1 or 25%) for a fleet rollout, or remove the key"
         )
 
 
