@@ -182,7 +182,7 @@ def test_deploy_while_the_daemon_runs_nothing_new_force_and_failed_revisions(
 
     unchanged = cli("deploy", "Web", *args)
     assert unchanged.returncode == 0, unchanged.stderr
-    assert "nothing new to deploy" in unchanged.stdout
+    assert "nothing new to deploy: the object is unchanged" in unchanged.stdout
     assert len(site.history()) == 2
 
     forced = cli("deploy", "Web", "--force", "--json", *args)
@@ -198,6 +198,8 @@ def test_deploy_while_the_daemon_runs_nothing_new_force_and_failed_revisions(
     again = cli("deploy", "Web", "--json", *args)
     assert again.returncode == 0
     assert json.loads(again.stdout)["deployment"] is None  # a failed revision is not retried ...
+    said = cli("deploy", "Web", *args).stdout
+    assert "not deploying: this revision failed in deployment d-" in said and "ValidateService" in said
     retried = cli("deploy", "Web", "--force", *args)
     assert retried.returncode == 1  # ... unless forced
     deps = site.history()

@@ -163,6 +163,10 @@ def test_fleet_stop_and_resume_by_hand(
     waiting = [h for h in fleet if h is not first]
     assert all(section_status(h)["state"] == "stopped" for h in waiting)
     assert first.cli("fleet", "stop", SECTION).stdout.count("stopped already") == 1
+    refused = waiting[0].cli("deploy", SECTION)  # a one-shot deploy respects the stop, and says so
+    assert refused.returncode == 0, refused.stderr
+    assert "the fleet rollout of this revision is stopped" in refused.stdout
+    assert f"s3deploy fleet resume {SECTION}" in refused.stdout
 
     resumed = fleet[0].cli("fleet", "resume", SECTION)
     assert resumed.returncode == 0 and "resumed" in resumed.stdout, resumed.stderr

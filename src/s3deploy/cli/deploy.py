@@ -6,7 +6,7 @@ SIGTERM/SIGINT stop the running hooks; the deployment is recorded ``interrupted`
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +30,7 @@ from s3deploy.cli.options import (
 from s3deploy.cli.output import progress_bars, say
 
 if TYPE_CHECKING:
+    from s3deploy.runtime.agent import Agent, CheckResult
     from s3deploy.state.store import Deployment
 
 
@@ -54,6 +55,24 @@ def _nothing(name: str, message: str, *, as_json: bool) -> None:
         say(message)
 
 
+def why_nothing(name: str, status: dict[str, Any]) -> str:
+    """Why ``deploy NAME`` deployed nothing, from the section's status (the SPEC's S object)."""
+    last = status.get("last") or {}
+    fleet = status.get("fleet") or {}
+    if status.get("state") == "stopped":
+        return (
+            f"{name}: not deploying: the fleet rollout of this revision is stopped ({fleet.get('stopped')}); "
+            f"`s3deploy fleet resume {name}` lets it go on, deploy --force deploys it on this host anyway"
+        )
+    if status.get("state") == "failed":
+        return (
+            f"{name}: not deploying: this revision failed in deployment {last.get('id')} "
+            f"({last.get('failed_event')}: {last.get('error')}); it is not retried until the object "
+            "changes: deploy --force retries it"
+        )
+    return f"{name}: nothing new to deploy: the object is unchanged (deploy --force redeploys it)"
+
+
 def deploy(
     name: SectionArg,
     force: Annotated[
@@ -76,12 +95,14 @@ def deploy(
     cfg = load(config, name)
     host = host_id_of(host_id, cfg)
     with progress_bars(not json_) as progress:
-        result = with_agent(
-            cfg,
-            state_dir_of(state_dir),
-            lambda agent: agent.deploy_now(name, force=force),
-            progress=progress,
-            host_id=host,
+
+        async def deploy_and_explain(agent: Agent) -> tuple[CheckResult, list[dict[str, Any]]]:
+            result = await agent.deploy_now(name, force=force)
+            nothing = result.deployment is None and not (result.suspended or result.error)
+            return result, (await agent.status([name]) if nothing else [])
+
+        result, status = with_agent(
+            cfg, state_dir_of(state_dir), deploy_and_explain, progress=progress, host_id=host
         )
     if result.suspended:
         message = f"{name}: suspended, not deploying (`s3deploy resume {name}`, or deploy --force)"
@@ -89,11 +110,7 @@ def deploy(
     elif result.error:
         raise fail(result.error, EXIT_FAILED)
     elif result.deployment is None:
-        message = (
-            f"{name}: nothing new to deploy (unchanged, a failed revision, or a stopped fleet rollout: "
-            "--force redeploys it)"
-        )
-        _nothing(name, message, as_json=json_)
+        _nothing(name, why_nothing(name, status[0]), as_json=json_)
     else:
         _report(result.deployment, as_json=json_)
 
