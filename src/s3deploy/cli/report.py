@@ -43,5 +43,8 @@ def history_row(d: Deployment) -> list[Any]:
         note = f"rollback of {d.rollback_of or '-'}, restores {d.restores}" + (f": {note}" if note else "")
     elif d.forced:
         note = "forced" + (f": {note}" if note else "")
+    if d.signed_by is not None:
+        signed = f"signed by {d.signed_by.principal} ({d.signed_by.fingerprint}, serial {d.signed_by.serial})"
+        note = f"{signed}; {note}" if note else signed
     took = f"{(d.finished_at - d.started_at).total_seconds():.1f}s" if d.finished_at else None
     return [d.id, d.status, ts(d.started_at), took, d.version_id or d.etag, d.failed_event, note]
