@@ -15,6 +15,7 @@ from botocore.config import Config
 
 from benchmarks.bench import Bench
 from benchmarks.cases import CASES
+from benchmarks.cli import CASES as CLI_CASES
 from benchmarks.detection import DETECTION_CASES
 from benchmarks.harness import Row, metadata, render, write_results
 from benchmarks.signing import CASES as SIGNING_CASES
@@ -22,6 +23,7 @@ from s3deploy.devtools.seaweed import SeaweedServer
 
 CASES.update(SIGNING_CASES)
 CASES.update(DETECTION_CASES)
+CASES.update(CLI_CASES)
 
 
 def _env(home: Path) -> dict[str, str]:
