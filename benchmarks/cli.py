@@ -10,6 +10,7 @@ is installed. Each runner runs a few times first, uncounted, so every one starts
 
 from __future__ import annotations
 
+import resource
 import shutil
 import subprocess
 import sys
@@ -70,45 +71,62 @@ def _commands(exe: Path, config: Path, state: Path) -> dict[str, list[str]]:
     }
 
 
-def _runner(cmd: list[str], env: dict[str, str]) -> Callable[[], float | None]:
-    return lambda: timed(cmd, env, timeout=60)
+def _runner(
+    cmd: list[str], env: dict[str, str], cpu: list[float] | None = None
+) -> Callable[[], float | None]:
+    """Wall seconds of one run; its CPU seconds (user + system) appended to ``cpu`` when given: on a busy
+    machine the wall clock includes waiting for a core, the CPU time does not."""
+
+    def run() -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = timed(cmd, env, timeout=60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if cpu is not None:
+            cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        return wall
+
+    return run
 
 
-def _completion(b: Bench, exe: Path, config: Path) -> Callable[[], float | None]:
+def _completion(b: Bench, exe: Path, config: Path, cpu: list[float]) -> Callable[[], float | None]:
     """Bash completing ``s3deploy status -c config.ini <TAB>``: section names read from the config."""
     words = f"s3deploy status -c {config} "
     env = dict(b.env, _S3DEPLOY_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD="4")
     out = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=60, check=True).stdout
     if out.split() != list(SECTIONS):
         raise RuntimeError(f"CLI: completion of {words!r} printed {out!r}, expected {' '.join(SECTIONS)}")
-    return _runner([str(exe)], env)
+    return _runner([str(exe)], env, cpu)
 
 
 def cli_commands(b: Bench) -> list[Row]:
     exe = _entry_point()
     config, state = _setup(b, exe)
-    runners = {label: _runner(cmd, b.env) for label, cmd in _commands(exe, config, state).items()}
-    runners["completion"] = _completion(b, exe, config)
+    commands = _commands(exe, config, state)
+    cpu: dict[str, list[float]] = {label: [] for label in [*commands, "completion"]}
+    runners = {label: _runner(cmd, b.env, cpu[label]) for label, cmd in commands.items()}
+    runners["completion"] = _completion(b, exe, config, cpu["completion"])
     runners["python -c pass"] = _runner([sys.executable, "-c", "pass"], b.env)
     aws = shutil.which("aws")
     runners["aws --version"] = _runner([aws, "--version"], b.env) if aws else lambda: None
     for _ in range(WARMUP_RUNS):  # not counted: page cache, .pyc files, the first SQLite open
         for run in runners.values():
             run()
+    for values in cpu.values():
+        values.clear()  # the warm-up runs' CPU
     res = _interleaved(b.reps, runners)
     base = median(res.pop("python -c pass"))
     aws_s = res.pop("aws --version")
-    note = f"wall clock of the whole process, median of {b.reps} after {WARMUP_RUNS} warm-up runs"
+    note = f"wall clock of the whole process (and its CPU), median of {b.reps} after {WARMUP_RUNS} warm-ups"
     rows = [
         Row(
             f"CLI s3deploy {label}" if label != "completion" else "CLI bash completion of section names",
-            f"{median(values):.3f} s",
+            f"{median(values):.3f} s (CPU {median(cpu[label]):.3f} s)",
             f"{base:.3f} s",
             median(values) / base,
             f"≤{TARGET_S:g} s",
             median(values) <= TARGET_S,
             f"baseline: python -c pass (same interpreter); {note}" if label == "--help" else "",
-            {"ours": values},
+            {"ours": values, "cpu": cpu[label]},
         )
         for label, values in res.items()
     ]
