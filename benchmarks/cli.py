@@ -53,7 +53,9 @@ def _setup(b: Bench, exe: Path) -> tuple[Path, Path]:
     config = _config(root / "config.ini", sections)
     state = root / "state"
     cmd = [str(exe), "deploy", SECTIONS[0], "-c", str(config), "--state-dir", str(state)]
-    subprocess.run(cmd, capture_output=True, text=True, env=b.env, timeout=300, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=b.env, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"CLI: deploying {SECTIONS[0]} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return config, state
 
 
