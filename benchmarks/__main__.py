@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--full] [--reps N] [--only B1,B2] [--out DIR]``: run, print, save the table."""
+"""``python -m benchmarks [--full] [--reps N] [--only B1,B2] [--out DIR] [--list]``: run, print, save
+the table."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
-from benchmarks.cases import CASES, Bench
+from benchmarks.bench import Bench
+from benchmarks.cases import CASES
+from benchmarks.cli import CASES as CLI_CASES
 from benchmarks.detection import DETECTION_CASES
 from benchmarks.harness import Row, metadata, render, write_results
 from benchmarks.signing import CASES as SIGNING_CASES
@@ -20,6 +23,7 @@ from s3deploy.devtools.seaweed import SeaweedServer
 
 CASES.update(SIGNING_CASES)
 CASES.update(DETECTION_CASES)
+CASES.update(CLI_CASES)
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -46,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, help="seconds B3 measures the idle daemon (default 120)")
     parser.add_argument("--only", help="comma-separated cases, e.g. B1,B3")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="where latest.md/json go")
+    parser.add_argument("--list", action="store_true", help="print the cases, one a line, and exit")
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(CASES))
+        return 0
     reps = args.reps or (5 if args.full else 3)
     idle_s = args.idle or (600.0 if args.full else 120.0)
     wanted = [c.strip().upper() for c in args.only.split(",")] if args.only else list(CASES)

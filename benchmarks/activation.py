@@ -11,7 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from benchmarks.cases import AWS_CP_STANDIN, Bench, _config, _deploy_case, _interleaved
+from benchmarks.bench import Bench, _config, _interleaved
+from benchmarks.endtoend import AWS_CP_STANDIN, _deploy_case
 from benchmarks.harness import Row, median, probe, ratio_row, run_json, timed
 
 TARGET = 0.3

@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 
 from benchmarks import inputs
-from benchmarks.cases import HEAD_LOOP, Bench, _config, _cpu_s, _daemon, _rss_mib, _stop
+from benchmarks.bench import HEAD_LOOP, Bench, _config, _cpu_s, _daemon, _rss_mib, _stop
 from benchmarks.harness import Row, p95
 
 CPU_HOG = "while True: pass"

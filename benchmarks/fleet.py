@@ -38,7 +38,7 @@ FLEET_PREFIX = ".s3deploy/"
 
 
 class BenchLike(Protocol):
-    """What this case uses of benchmarks.cases.Bench (not imported: cases imports this module)."""
+    """What this case uses of benchmarks.bench.Bench (not imported: cases imports this module)."""
 
     endpoint: str
     client: Any

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import inputs
-from benchmarks.cases import Bench, MiB, _interleaved
+from benchmarks.bench import Bench, MiB, _interleaved
 from benchmarks.harness import Row, median, ratio_row, run_json
 
 KEY = "signed.bin"

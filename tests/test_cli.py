@@ -558,3 +558,52 @@ def test_the_cli_loads_neither_the_s3_stack_nor_the_daemon_until_a_command_needs
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+S3_STACK = ("aioboto3", "aiobotocore", "botocore", "boto3", "aiohttp", "s3deploy.runtime.daemon",
+            "s3deploy.watcher", "s3deploy.source.s3")  # fmt: skip
+# What a command that opens no state database does not need either (issue 15: each answers in 0.25 s).
+NO_STATE = ("asyncio", "sqlite3", "s3deploy.runtime.agent")
+
+
+@pytest.mark.parametrize(
+    ("command", "unused"),
+    [
+        ("--help", S3_STACK + NO_STATE),
+        ("list", S3_STACK + NO_STATE),
+        ("validate", S3_STACK + NO_STATE),
+        ("<TAB>", S3_STACK + NO_STATE),  # bash completing section names
+        ("status", S3_STACK),
+        ("history Web", S3_STACK),
+        ("suspend Web", S3_STACK),
+        ("resume Web", S3_STACK),
+    ],
+)
+def test_commands_that_do_not_talk_to_s3_run_without_loading_what_they_do_not_use(
+    tmp_path: Path, command: str, unused: tuple[str, ...]
+) -> None:
+    keys = {"s3_bucket": "b", "target_file_key": KEY, "endpoint_url": "http://127.0.0.1:9"}
+    config = write_config(tmp_path / "config.ini", {"Web": keys, "Api": {**keys, "target_file_key": "api"}})
+    loaded = tmp_path / "loaded"
+    code = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(loaded)!r}, 'w').write(' '.join(m for m in {unused!r} "
+        "if m in sys.modules)))\n"
+        "sys.argv = ['s3deploy', *sys.argv[1:]]\n"
+        "from s3deploy.cli.app import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "S3DEPLOY_CONFIG": str(config)}
+    args = command.split()
+    if command == "<TAB>":
+        args = []
+        env.update(_S3DEPLOY_COMPLETE="complete_bash", COMP_WORDS="s3deploy status ", COMP_CWORD="2")
+    elif unused == S3_STACK:  # the commands that open the state database
+        args += ["--state-dir", str(tmp_path / "state")]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if command == "<TAB>":
+        assert proc.stdout.split() == ["Web", "Api"]
+    assert loaded.read_text() == "", f"{command} loaded {loaded.read_text()}"

@@ -7,7 +7,6 @@ and serial like any other.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated
 
@@ -38,7 +37,9 @@ def reset_serial(
 
     The revision refused for its serial is retried only when the object changes, or with deploy --force.
     """
-    from s3deploy.state.signatures import reset_serial as reset  # SQLite: not for --help
+    import asyncio  # the event loop and SQLite: not for --help, list, validate or completion
+
+    from s3deploy.state.signatures import reset_serial as reset
 
     cfg = load(config, name)
     section = cfg.section(name)
