@@ -18,8 +18,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
+# Most tests wait (hooks, leases, timeouts, S3 round trips): worker processes overlap the waits.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not soak"
+	$(BIN)/python -m pytest -q -m "not soak" -n 4 --dist worksteal $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/s3deploy demo

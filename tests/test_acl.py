@@ -202,7 +202,9 @@ def test_applied_acls_are_what_setfacl_set_makes_of_the_agents_command(tmp_path:
     ACL too when default entries are given)."""
     for name in ("bob", "www-data"):
         if subprocess.run(["id", name], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "--system", "--no-create-home", name], check=True)
+            # Another xdist worker may create it between the check and here: 9 is useradd's "exists".
+            made = subprocess.run(["useradd", "--system", "--no-create-home", name], capture_output=True)
+            assert made.returncode in (0, 9), made.stderr
     is_dir, mode, texts, agent_command = SETFACL_CASES[case]
     ours, theirs = tmp_path / "ours", tmp_path / "setfacl"
     for path in (ours, theirs):

@@ -136,12 +136,14 @@ def run_in_pty(
     ``columns`` wide; (exit code, what it showed)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    # The terminal's size decides, not COLUMNS/LINES (pytest-xdist sets them to 80x24 in its workers).
+    inherited = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "s3deploy", *args],
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=slave if stderr else subprocess.DEVNULL,
-        env={**os.environ, "TERM": "xterm-256color", **(env or {})},
+        env={**inherited, "TERM": "xterm-256color", **(env or {})},
     )
     os.close(slave)
     chunks = []

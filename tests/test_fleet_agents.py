@@ -215,6 +215,7 @@ def test_a_slot_holder_killed_with_sigkill_frees_its_slot_when_it_restarts(
     assert finished[other.name][0] > first.at and most_at_once(list(finished.values())) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_slot_holder_that_never_comes_back_loses_its_slot_after_the_lease(
     tmp_path: Path, daemons: Callable[..., DaemonProcess], s3_client: Any,

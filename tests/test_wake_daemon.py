@@ -82,7 +82,11 @@ class Host:
         return index.read_text() if index.exists() else None
 
     def wait_deployed(self, name: str, tag: str) -> None:
-        wait_until(lambda: self.deployed(name) == tag, timeout=WAIT_S)
+        def ended() -> bool:  # the file is installed a moment before the deployment is recorded as ended
+            latest = db_history(self.state_dir, name)[:1]
+            return self.deployed(name) == tag and bool(latest) and latest[0]["status"] != "running"
+
+        wait_until(ended, timeout=WAIT_S)
         assert [d["status"] for d in db_history(self.state_dir, name)][0] == "succeeded"
 
     def notify(self, bucket: str, **target: str) -> None:

@@ -47,6 +47,10 @@ def weed_binary() -> Path:
     return Path(found)
 
 
+class _ExitedEarly(RuntimeError):
+    """weed exited before its S3 port answered."""
+
+
 class SeaweedServer:
     """One ``weed mini`` process serving anonymous S3 on 127.0.0.1, data kept under ``workdir``.
 
@@ -106,10 +110,26 @@ class SeaweedServer:
             *(f"{flag}={port}" for flag, port in ports.items()),
         ]
 
-    def start(self) -> None:
-        """Start the server and wait until its S3 port answers a ListBuckets request."""
+    def start(self, attempts: int = 3) -> None:
+        """Start the server and wait until its S3 port answers a ListBuckets request.
+
+        Ports are chosen free here but bound by weed only a moment later: another process (say a parallel
+        test worker starting its own server) may take one in between, and weed then exits at once. It is
+        started again on new ports, ``attempts`` times in all.
+        """
         if self.process is not None:
             raise RuntimeError("SeaweedServer already started")
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once()
+                return
+            except _ExitedEarly:
+                if attempt == attempts:
+                    raise
+                logger.warning("SeaweedFS exited during startup (a port taken?); again on new ports")
+                self.s3_port = free_port()
+
+    def _start_once(self) -> None:
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         logger.info("starting SeaweedFS S3 on %s (log %s)", self.endpoint_url, self.log_path)
@@ -132,7 +152,7 @@ class SeaweedServer:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(
+                raise _ExitedEarly(
                     f"SeaweedFS exited with code {self.process.returncode} during startup; "
                     f"see {self.log_path}:\n{self._log_tail()}"
                 )
