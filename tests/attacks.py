@@ -11,8 +11,6 @@ Every attack runs against ``s3deploy`` processes (a daemon, or one-shot commands
 from __future__ import annotations
 
 import os
-import pwd
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +24,7 @@ import pytest
 
 from s3deploy.devtools.seaweed import SeaweedServer
 from tests.agent import DaemonProcess, appspec, db_history, status, wait_until, write_config, zip_bytes
+from tests.users import User, temporary_user
 
 KEY = "app/bundle.zip"
 POLL = 0.3
@@ -47,37 +46,12 @@ def reachable() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-
-    def run(self, script: str, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """``sh -c script`` as this user, from /, as an attacker holding the account would run it."""
-        return subprocess.run(
-            ["/bin/sh", "-c", script], user=self.uid, group=self.gid, extra_groups=[], cwd="/",
-            capture_output=True, text=True, timeout=60, check=check,
-        )  # fmt: skip
-
-
 @pytest.fixture
 def app_user() -> Iterator[User]:
     """A fresh unprivileged local user, deleted afterwards."""
     needs_root()
-    name = f"s3da{secrets.token_hex(4)}"
-    made = subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", "/bin/sh", name],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"useradd failed: {made.stderr.strip()}")
-    entry = pwd.getpwnam(name)
-    try:
-        yield User(name, entry.pw_uid, entry.pw_gid)
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+    with temporary_user("s3da") as user:
+        yield user
 
 
 @pytest.fixture

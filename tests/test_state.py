@@ -29,6 +29,7 @@ from s3deploy.state.model import INTERRUPTED_ERROR, OUTPUT_TAIL_MAX_BYTES
 from s3deploy.state.schema import SCHEMA_VERSION
 from s3deploy.state.store import POLL_TOUCH_INTERVAL_S, Deployment, StateStore
 from tests.agent import zip_bytes
+from tests.users import temporary_user
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 SPEC_KEYS = ["id", "etag", "version_id", "status", "started_at", "finished_at", "failed_event", "error",
@@ -640,24 +641,8 @@ PROBE = textwrap.dedent(
 @pytest.fixture
 def other_user() -> Iterator[tuple[str, int, int]]:
     """A fresh unprivileged local user (name, uid, gid), deleted afterwards. Needs root."""
-    if os.geteuid() != 0:
-        pytest.skip("creating a user and switching to it needs root")
-    import pwd
-    import secrets as random_names
-
-    name = f"s3dt{random_names.token_hex(4)}"
-    made = subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", "/usr/sbin/nologin", name],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"useradd failed: {made.stderr.strip()}")
-    entry = pwd.getpwnam(name)
-    try:
-        yield name, entry.pw_uid, entry.pw_gid
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+    with temporary_user("s3dt", shell="/usr/sbin/nologin") as user:
+        yield user.name, user.uid, user.gid
 
 
 @pytest.fixture
