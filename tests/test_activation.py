@@ -7,7 +7,6 @@ import contextlib
 import os
 import stat
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from s3deploy.errors import InstallError
 from s3deploy.install import activation
 from s3deploy.install.activation import Previous, live_release, prepare_release, prune, switch, switch_back
+from tests.readers import readers as reading
 
 IS_ROOT = os.geteuid() == 0
 NOBODY = 65534
@@ -44,51 +44,9 @@ def make_release(d: Path, deployment_id: str) -> Path:
     return fill(prepare_release(d, deployment_id), deployment_id)
 
 
-def read_markers(folder_fd: int) -> set[str]:
-    """The marker of every file of FILES, read through one descriptor of D (resolved once)."""
-    markers = set()
-    for rel in FILES:
-        fd = os.open(rel, os.O_RDONLY, dir_fd=folder_fd)
-        try:
-            data = os.read(fd, 1 << 16).decode()
-        finally:
-            os.close(fd)
-        marker = data.partition("\n")[0]
-        markers.add(marker if data == f"{marker}\n" * 200 else f"a torn {rel}")
-    return markers
-
-
-@contextlib.contextmanager
-def readers(d: Path, count: int = 3) -> Iterator[tuple[list[str], set[str]]]:
-    """Threads reading D while the body runs: every problem they meet, and every marker they saw."""
-    stop = threading.Event()
-    problems: list[str] = []
-    seen: set[str] = set()
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    markers = read_markers(fd)
-                finally:
-                    os.close(fd)
-                if len(markers) != 1:
-                    problems.append(f"a mix of releases: {sorted(markers)}")
-                seen.update(markers)
-                (d / "index.html").read_text()  # by path too: never missing
-            except OSError as e:
-                problems.append(repr(e))
-
-    threads = [threading.Thread(target=run) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield problems, seen
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+def readers(d: Path) -> contextlib.AbstractContextManager[tuple[list[str], set[str]]]:
+    """Three threads reading D while the body runs (tests/readers.py)."""
+    return reading(d, FILES, 200)
 
 
 def as_user(uid: int, folder: Path, script: str) -> None:

@@ -4,12 +4,11 @@ configuration errors, entries outside the destination, and migrating from copy t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from s3deploy.config import Section
 from s3deploy.runtime.agent import Agent
 from s3deploy.state.store import Deployment
 from tests.agent import cli, hook_script, open_agent, write_config, zip_bytes
+from tests.readers import readers as reading
 
 KEY = "app/bundle.zip"
 EVENTS = ("ApplicationStop", "BeforeInstall", "AfterInstall", "ApplicationStart", "ValidateService")
@@ -112,48 +112,9 @@ async def deploy(agent: Agent, site: Site, body: bytes, **changes: Any) -> Deplo
     return done
 
 
-def read_once(d: Path) -> set[str]:
-    """The tags of every file of FILES, read through one descriptor of D (resolved once)."""
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        tags = set()
-        for rel in FILES:
-            with open(os.open(rel, os.O_RDONLY, dir_fd=fd)) as f:
-                data = f.read()
-            tag = data.partition("\n")[0]
-            tags.add(tag if data == f"{tag}\n" * 100 else f"a torn {rel}")
-        return tags
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def readers(d: Path, count: int = 3) -> Iterator[tuple[list[str], set[str]]]:
-    """Threads reading D while the body runs: every problem they meet, and every tag they saw."""
-    stop = threading.Event()
-    problems: list[str] = []
-    seen: set[str] = set()
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                tags = read_once(d)
-                if len(tags) != 1:
-                    problems.append(f"a mix of releases: {sorted(tags)}")
-                seen.update(tags)
-                (d / "lib" / "m19.txt").read_text()  # by its path too: never missing
-            except OSError as e:
-                problems.append(repr(e))
-
-    threads = [threading.Thread(target=run) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield problems, seen
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+def readers(d: Path) -> contextlib.AbstractContextManager[tuple[list[str], set[str]]]:
+    """Three threads reading D while the body runs (tests/readers.py)."""
+    return reading(d, FILES, 100)
 
 
 # ---------------------------------------------------------------------------------------------- readers
