@@ -58,6 +58,8 @@ class Watcher:
         # GET-only outage adds a failed row every few minutes at most, not one per poll.
         self._download_failures = 0
         self._download_retry_at = 0.0
+        # S3 checks failed in a row; logged (once) by the next check S3 answers, before it deploys.
+        self._failed_checks = 0
         # What the last quiet poll saw (identity, state token); a poll seeing the same skips the database.
         self._quiet: tuple[str, tuple[int, int]] | None = None
         self._quiet_until = 0.0
@@ -118,6 +120,7 @@ class Watcher:
                     if self.ctx.observer is not None:
                         self.ctx.observer.polled(sec.name, str(e))
                     failures += 1
+                    self._failed_checks += 1
                     if str(e) != last_error:
                         logger.warning("S3 check failed (will retry): %s", e)
                         last_error = str(e)
@@ -131,8 +134,6 @@ class Watcher:
                 else:
                     if self.ctx.observer is not None:
                         self.ctx.observer.polled(sec.name, None)
-                    if failures:
-                        logger.info("S3 reachable again after %d failed checks", failures)
                     failures, last_error = 0, ""
                     due = poller.due(sec.target_file_key)
                 not_before = await self._pause(due, stop)
@@ -177,6 +178,9 @@ class Watcher:
         rev = await self.ctx.pool.poll(
             self.endpoint, sec.s3_bucket, sec.target_file_key, not_before=not_before
         )
+        if self._failed_checks:  # said now, not after the deployment this answer may start
+            logger.info("S3 reachable again after %d failed checks", self._failed_checks)
+            self._failed_checks = 0
         if not force and self._quiet == (rev.identity, await self.ctx.state_token()):
             if time.monotonic() < self._quiet_until:
                 return None  # same object, same state: the same decision as last time
