@@ -11,9 +11,7 @@ Every attack runs against ``s3deploy`` processes (a daemon, or one-shot commands
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import pytest
 
 from s3deploy.devtools.seaweed import SeaweedServer
 from tests.agent import DaemonProcess, appspec, db_history, status, wait_until, write_config, zip_bytes
-from tests.users import User, temporary_user
+from tests.users import User, reachable_folder, temporary_user
 
 KEY = "app/bundle.zip"
 POLL = 0.3
@@ -38,12 +36,8 @@ def needs_root() -> None:
 @pytest.fixture
 def reachable() -> Iterator[Path]:
     """A folder every local user can traverse (pytest's tmp_path sits in a root-only folder)."""
-    path = Path(tempfile.mkdtemp(prefix="s3deploy-attack-"))
-    path.chmod(0o755)
-    try:
+    with reachable_folder("s3deploy-attack-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

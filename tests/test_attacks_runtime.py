@@ -5,10 +5,8 @@ the daemon (item 9), and the unclear errors of item 17 that the command line sho
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,40 +14,6 @@ import pytest
 
 from tests.agent import APPSPEC_HEADER, appspec, cli, hook_script, pid_alive, wait_until, zip_bytes
 from tests.attacks import User, Victim
-
-#: Run as the attacking local user: each attempt, and what came of it ("ok" or the errno's name).
-PROBE = """
-import errno, fcntl, json, os, sys
-def attempt(fn):
-    try:
-        fn()
-        return "ok"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e.errno))
-def flock(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
-def read(path):
-    with open(path, "rb") as f:
-        f.read(1)
-print(json.dumps({what: attempt(lambda path=path, how=how: {"flock": flock, "read": read,
-    "list": os.listdir}[how](path)) for what, (how, path) in json.loads(sys.argv[1]).items()}))
-"""
-
-
-def probe(user: User, attempts: dict[str, tuple[str, str]]) -> dict[str, str]:
-    python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None)
-    if python is None:
-        pytest.skip("no system python3 that another user can run")
-    done = subprocess.run(
-        [python, "-c", PROBE, json.dumps(attempts)], user=user.uid, group=user.gid, extra_groups=[],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    result: dict[str, str] = json.loads(done.stdout)
-    return result
 
 
 def test_item6_item7_a_local_user_can_neither_lock_nor_read_anything_of_a_deploying_daemon(
@@ -72,7 +36,7 @@ def test_item6_item7_a_local_user_can_neither_lock_nor_read_anything_of_a_deploy
     attempts.update({f"read {p.relative_to(state)}": ("read", str(p)) for p in files})
     attempts.update({f"list {d}": ("list", str(state / d)) for d in (".", "releases", "logs", "locks")})
     attempts["read the daemon's environment"] = ("read", f"/proc/{victim.daemon.proc.pid}/environ")  # type: ignore[union-attr]
-    seen = probe(app_user, attempts)
+    seen = app_user.probe(attempts)
     assert seen == dict.fromkeys(seen, "EACCES"), seen
     gate.touch()
     assert victim.wait_finished(1)["status"] == "succeeded"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from s3deploy.state.model import INTERRUPTED_ERROR, OUTPUT_TAIL_MAX_BYTES
 from s3deploy.state.schema import SCHEMA_VERSION
 from s3deploy.state.store import POLL_TOUCH_INTERVAL_S, Deployment, StateStore
 from tests.agent import zip_bytes
-from tests.users import temporary_user
+from tests.users import User, reachable_folder, temporary_user
 
 SRC_DIR = Path(s3deploy.__file__).resolve().parents[1]
 SPEC_KEYS = ["id", "etag", "version_id", "status", "started_at", "finished_at", "failed_event", "error",
@@ -599,44 +598,6 @@ def test_a_state_directory_that_is_a_file_is_reported_as_such(tmp_path: Path, op
 
 # ---- the state directory model, tried by another local user ---------------------------------------------
 
-# Run as the other user: try each thing an attacker would, print {what: "ok" | errno name}.
-PROBE = textwrap.dedent(
-    """
-    import errno, fcntl, json, os, sys
-    state_dir, release_file, lock_files = sys.argv[1], sys.argv[2], sys.argv[3:]
-    def attempt(fn):
-        try:
-            fn()
-            return "ok"
-        except OSError as e:
-            return errno.errorcode.get(e.errno, str(e.errno))
-    def read(path):
-        with open(path, "rb") as f:
-            f.read(1)
-    def flock(path):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        finally:
-            os.close(fd)
-    def write(path):
-        with open(path, "ab") as f:
-            f.write(b"#")
-    results = {
-        "list state dir": attempt(lambda: os.listdir(state_dir)),
-        "list releases": attempt(lambda: os.listdir(state_dir + "/releases")),
-        "read state.db": attempt(lambda: read(state_dir + "/state.db")),
-        "read logs": attempt(lambda: os.listdir(state_dir + "/logs")),
-        "read release file": attempt(lambda: read(release_file)),
-        "write release file": attempt(lambda: write(release_file)),
-        "plant in release": attempt(lambda: write(os.path.dirname(release_file) + "/planted")),
-    }
-    for path in [state_dir + "/daemon.lock", *lock_files]:
-        results["flock " + os.path.relpath(path, state_dir)] = attempt(lambda: flock(path))
-    print(json.dumps(results))
-    """
-)
-
 
 @pytest.fixture
 def other_user() -> Iterator[tuple[str, int, int]]:
@@ -648,29 +609,25 @@ def other_user() -> Iterator[tuple[str, int, int]]:
 @pytest.fixture
 def reachable_dir() -> Iterator[Path]:
     """A folder every local user can traverse (pytest's tmp_path is under a root-only 0700 folder)."""
-    import shutil
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="s3deploy-test-"))
-    path.chmod(0o755)
-    try:
+    with reachable_folder("s3deploy-test-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def probe_as(user: tuple[str, int, int], state_dir: Path, release_file: Path, *locks: Path) -> dict[str, str]:
-    _, uid, gid = user
-    python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None)
-    if python is None:  # this venv's interpreter may sit in root's home, out of the user's reach
-        pytest.skip("no system python3 that another user can run")
-    proc = subprocess.run(
-        [python, "-c", PROBE, str(state_dir), str(release_file), *map(str, locks)],
-        capture_output=True, text=True, timeout=60, user=uid, group=gid, extra_groups=[],
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, str] = json.loads(proc.stdout)
-    return result
+    """What the other user can do to ``state_dir``, a file of a release and the ``locks``."""
+    name, uid, gid = user
+    attempts = {
+        "list state dir": ("list", str(state_dir)),
+        "list releases": ("list", str(state_dir / "releases")),
+        "read state.db": ("read", str(state_dir / "state.db")),
+        "read logs": ("list", str(state_dir / "logs")),
+        "read release file": ("read", str(release_file)),
+        "write release file": ("write", str(release_file)),
+        "plant in release": ("write", str(release_file.parent / "planted")),
+    }
+    for path in [state_dir / "daemon.lock", *locks]:
+        attempts[f"flock {path.relative_to(state_dir)}"] = ("flock", str(path))
+    return User(name, uid, gid).probe(attempts)
 
 
 DENIED = "EACCES"
