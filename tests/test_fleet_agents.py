@@ -20,6 +20,7 @@ from tests.fleetagents import (
     KEY,
     SECTION,
     Host,
+    Stamp,
     bundle,
     fleet_status,
     heartbeats,
@@ -60,6 +61,23 @@ def _publish(s3: Any, bucket: str, body: bytes) -> None:
 def _done(fleet: list[Host], count: int = 1) -> bool:
     """Every host has at least ``count`` finished deployments (the newest not running)."""
     return all(len(h.history()) >= count and h.last_status() not in (None, "running") for h in fleet)
+
+
+def _one_holds_a_slot(
+    tmp_path: Path, daemons: Callable[..., DaemonProcess], s3: Any, bucket: str, endpoint_url: str,
+    deployment_timeout: int,
+) -> tuple[Path, Path, Stamp, Host, Host]:  # fmt: skip
+    """Two agents, max_concurrent 1, and v1 published with a hook that blocks while ``hold`` exists:
+    returns (trace, hold, the holder's start stamp, the holder, the other agent)."""
+    trace, hold = tmp_path / "trace", tmp_path / "hold"
+    fleet = hosts(tmp_path, 2, bucket, endpoint_url, max_concurrent=1, deployment_timeout=deployment_timeout)
+    _start_fleet(fleet, daemons, s3, bucket)
+    hold.touch()
+    _publish(s3, bucket, bundle(trace, "v1", hold=hold))
+    first = wait_until(lambda: [s for s in stamps(trace) if s.kind == "start"], timeout=60)[0]
+    holder = next(h for h in fleet if h.name == first.host)
+    other = next(h for h in fleet if h is not holder)
+    return trace, hold, first, holder, other
 
 
 # ---------------------------------------------------------------------------------------------- the cap
@@ -188,15 +206,12 @@ def test_a_slot_holder_killed_with_sigkill_frees_its_slot_when_it_restarts(
     tmp_path: Path, daemons: Callable[..., DaemonProcess], s3_client: Any,
     make_bucket: Callable[..., str], seaweed: SeaweedServer,
 ) -> None:  # fmt: skip
-    bucket, trace, hold = make_bucket(), tmp_path / "trace", tmp_path / "hold"
+    bucket = make_bucket()
     # A lease of 5 minutes: everything below happens long before it could run out.
-    fleet = hosts(tmp_path, 2, bucket, seaweed.endpoint_url, max_concurrent=1, deployment_timeout=180)
-    _start_fleet(fleet, daemons, s3_client, bucket)
-    hold.touch()
-    _publish(s3_client, bucket, bundle(trace, "v1", hold=hold))
-    first = wait_until(lambda: [s for s in stamps(trace) if s.kind == "start"], timeout=60)[0]
-    holder = next(h for h in fleet if h.name == first.host)
-    other = next(h for h in fleet if h is not holder)
+    trace, hold, first, holder, other = _one_holds_a_slot(
+        tmp_path, daemons, s3_client, bucket, seaweed.endpoint_url, deployment_timeout=180
+    )
+    fleet = [holder, other]
     wait_until(lambda: states(s3_client, bucket).get(other.name) == "waiting", timeout=30)
 
     holder.kill9()
@@ -223,14 +238,10 @@ def test_a_slot_holder_that_never_comes_back_loses_its_slot_after_the_lease(
 ) -> None:  # fmt: skip
     """The lease is deployment_timeout + 2 minutes by S3's clock: with a short deployment_timeout the
     rollout goes on about two minutes after the holder died."""
-    bucket, trace, hold = make_bucket(), tmp_path / "trace", tmp_path / "hold"
-    fleet = hosts(tmp_path, 2, bucket, seaweed.endpoint_url, max_concurrent=1, deployment_timeout=20)
-    _start_fleet(fleet, daemons, s3_client, bucket)
-    hold.touch()
-    _publish(s3_client, bucket, bundle(trace, "v1", hold=hold))
-    first = wait_until(lambda: [s for s in stamps(trace) if s.kind == "start"], timeout=60)[0]
-    holder = next(h for h in fleet if h.name == first.host)
-    other = next(h for h in fleet if h is not holder)
+    bucket = make_bucket()
+    trace, hold, first, holder, other = _one_holds_a_slot(
+        tmp_path, daemons, s3_client, bucket, seaweed.endpoint_url, deployment_timeout=20
+    )
     try:
         holder.kill9()
     finally:
