@@ -16,6 +16,7 @@ import pytest
 
 from s3deploy.config import Section
 from s3deploy.devtools.seaweed import SeaweedServer
+from s3deploy.fleet.coordinator import Coordinator
 from s3deploy.fleet.policy import MaxConcurrent, Timing
 from s3deploy.fleet_gate import _this_process, fleet_settings
 from s3deploy.runtime.agent import Agent
@@ -147,12 +148,17 @@ def test_hooks_of_every_section_see_the_host_id(
 
 
 # ---------------------------------------------------------------------------------------------- the gate
+async def _current(agent: Agent, section: Section) -> tuple[Revision, Coordinator]:
+    """The section's object as ``agent`` sees it now, and ``agent``'s host coordinator of its fleet."""
+    ctx = await agent.context()
+    endpoint = Endpoint(endpoint_url=section.endpoint_url)
+    rev = await ctx.pool.head(endpoint, section.s3_bucket, section.target_file_key)
+    return rev, ctx.host_fleet().coordinator(fleet_settings(section, endpoint))
+
+
 async def _hold_slot(agent: Agent, section: Section, rev: Revision) -> AsyncIterator[None]:
     """Hold slot-0 of ``rev``'s rollout as ``agent``'s host (the library's API, as a deploying host)."""
-    ctx = await agent.context()
-    coordinator = ctx.host_fleet().coordinator(
-        fleet_settings(section, Endpoint(endpoint_url=section.endpoint_url))
-    )
+    _, coordinator = await _current(agent, section)
     async with coordinator.rollout(rev).slot(asyncio.Event(), deployment_id="d-HOLDER001") as slot:
         yield
         await slot.finish("succeeded")
@@ -166,14 +172,7 @@ async def test_deploy_force_ignores_a_stop_but_still_waits_for_a_slot(
     section = _section(bucket, seaweed.endpoint_url, tmp_path / "www")
     s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle(trace, "v1"))
     async with agent_of("web-1", section) as holder, agent_of("web-2", section) as forced:
-        rev = await (await holder.context()).pool.head(
-            Endpoint(endpoint_url=seaweed.endpoint_url), bucket, KEY
-        )
-        coordinator = (
-            (await holder.context())
-            .host_fleet()
-            .coordinator(fleet_settings(section, Endpoint(endpoint_url=seaweed.endpoint_url)))
-        )
+        rev, coordinator = await _current(holder, section)
         held = _hold_slot(holder, section, rev)
         await held.__anext__()
         assert await coordinator.stop(rev)
@@ -199,11 +198,7 @@ async def test_a_stopped_rollout_is_looked_at_again_only_after_stop_recheck_s_an
     s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle(trace, "v1"))
     slow = Timing(stop_recheck_s=3600.0)
     async with agent_of("web-1", section, fleet_timing=slow) as agent:
-        ctx = await agent.context()
-        rev = await ctx.pool.head(Endpoint(endpoint_url=fault_proxy.endpoint_url), bucket, KEY)
-        coordinator = ctx.host_fleet().coordinator(
-            fleet_settings(section, Endpoint(endpoint_url=fault_proxy.endpoint_url))
-        )
+        rev, coordinator = await _current(agent, section)
         await coordinator.stop(rev, "stopped by the test")
         watcher = await agent.watcher(section)
         assert await watcher.poll_once() is None
@@ -217,7 +212,7 @@ async def test_a_stopped_rollout_is_looked_at_again_only_after_stop_recheck_s_an
         await coordinator.resume(rev)
         stop_gets = fault_proxy.count("GET")
         for _ in range(3):
-            ctx.forget_state_token()
+            (await agent.context()).forget_state_token()
             watcher._quiet = None  # every poll decides again (as after another process wrote the state)
             assert await watcher.poll_once() is None
         assert fault_proxy.count("GET") == stop_gets  # no GET (nor LIST) of the stop object meanwhile
@@ -239,11 +234,9 @@ async def test_a_restart_frees_a_slot_held_by_a_dead_process_and_reports_its_rec
     bucket, trace = make_bucket(), tmp_path / "trace"
     section = _section(bucket, seaweed.endpoint_url, tmp_path / "www")
     s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle(trace, "v1"))
-    endpoint = Endpoint(endpoint_url=seaweed.endpoint_url)
     async with agent_of("web-1", section) as agent:
-        ctx = await agent.context()
-        rev = await ctx.pool.head(endpoint, bucket, KEY)
-        rollout = ctx.host_fleet().coordinator(fleet_settings(section, endpoint)).rollout(rev)
+        rev, coordinator = await _current(agent, section)
+        rollout = coordinator.rollout(rev)
         lease = await rollout.table.try_take(await rollout.table.look(), 1, "d-DEAD00001")
         assert lease is not None
         await rollout.ledger.report("deploying", "d-DEAD00001")
@@ -270,11 +263,9 @@ async def test_a_slot_held_by_a_live_process_of_this_host_is_left_alone(
     bucket, trace = make_bucket(), tmp_path / "trace"
     section = _section(bucket, seaweed.endpoint_url, tmp_path / "www")
     s3_client.put_object(Bucket=bucket, Key=KEY, Body=bundle(trace, "v1"))
-    endpoint = Endpoint(endpoint_url=seaweed.endpoint_url)
     async with agent_of("web-1", section) as agent:
-        ctx = await agent.context()
-        rev = await ctx.pool.head(endpoint, bucket, KEY)
-        rollout = ctx.host_fleet().coordinator(fleet_settings(section, endpoint)).rollout(rev)
+        rev, coordinator = await _current(agent, section)
+        rollout = coordinator.rollout(rev)
         lease = await rollout.table.try_take(await rollout.table.look(), 1, "d-LIVE00001")
         assert lease is not None
         await asyncio.to_thread(
