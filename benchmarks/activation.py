@@ -8,11 +8,10 @@ second copy of every file), so the target is tighter than B5's: at most 0.3x the
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from benchmarks.bench import Bench, _config, _interleaved
-from benchmarks.endtoend import AWS_CP_STANDIN, _deploy_case
+from benchmarks.endtoend import _deploy_case, shell_pipeline
 from benchmarks.harness import Row, median, probe, ratio_row, run_json, timed
 
 TARGET = 0.3
@@ -43,16 +42,8 @@ def b5_symlink(b: Bench, n_entries: int = 20_000) -> list[Row]:
             raise RuntimeError(f"B5S {section}: {www} is not what activation = {section.lower()} makes")
         return float(res["seconds"])
 
-    aws = shutil.which("aws")
-    if aws is not None:
-        fetch = f"{aws} s3 cp --quiet --endpoint-url {b.endpoint} {url} b5s.zip"
-        note = "baseline: aws s3 cp && unzip -q && cp -a"
-    else:
-        fetch = f"{sys.executable} -c '{AWS_CP_STANDIN}' {b.endpoint} {url} b5s.zip"
-        note = "aws CLI not installed: boto3 download_file in python -c stands in for aws s3 cp"
     shell_www = b.work / "B5S-shell-www"
-    pipeline = f"cd {b.work} && rm -rf b5s-shell b5s.zip && {fetch} && unzip -q b5s.zip -d b5s-shell "
-    pipeline += f"&& mkdir -p {shell_www} && cp -a b5s-shell/app/. {shell_www}/"
+    pipeline, note = shell_pipeline(b, url, "b5s", shell_www)
 
     def shell() -> float:
         shutil.rmtree(shell_www, ignore_errors=True)

@@ -142,17 +142,24 @@ def _ours_deploy(b: Bench, config: Path, name: str, www: Path) -> float:
     return float(res["seconds"])
 
 
-def b5_end_to_end(b: Bench, n_entries: int = 20_000) -> list[Row]:
-    config, www, url = _deploy_case(b, "B5", n_entries, "true")
+def shell_pipeline(b: Bench, url: str, tag: str, www: Path) -> tuple[str, str]:
+    """B5's baseline as one shell line (``aws s3 cp && unzip -q && cp -a`` into ``www``, working files
+    named after ``tag`` in the bench folder), and the note saying what fetched the bundle."""
     aws = shutil.which("aws")
     if aws is not None:
-        fetch = f"{aws} s3 cp --quiet --endpoint-url {b.endpoint} {url} b5.zip"
+        fetch = f"{aws} s3 cp --quiet --endpoint-url {b.endpoint} {url} {tag}.zip"
         note = "baseline: aws s3 cp && unzip -q && cp -a"
     else:
-        fetch = f"{sys.executable} -c '{AWS_CP_STANDIN}' {b.endpoint} {url} b5.zip"
+        fetch = f"{sys.executable} -c '{AWS_CP_STANDIN}' {b.endpoint} {url} {tag}.zip"
         note = "aws CLI not installed: boto3 download_file in python -c stands in for aws s3 cp"
-    pipeline = f"cd {b.work} && rm -rf b5-shell b5.zip && {fetch} && unzip -q b5.zip -d b5-shell "
-    pipeline += f"&& mkdir -p {www} && cp -a b5-shell/app/. {www}/"
+    pipeline = f"cd {b.work} && rm -rf {tag}-shell {tag}.zip && {fetch} && unzip -q {tag}.zip -d {tag}-shell "
+    pipeline += f"&& mkdir -p {www} && cp -a {tag}-shell/app/. {www}/"
+    return pipeline, note
+
+
+def b5_end_to_end(b: Bench, n_entries: int = 20_000) -> list[Row]:
+    config, www, url = _deploy_case(b, "B5", n_entries, "true")
+    pipeline, note = shell_pipeline(b, url, "b5", www)
 
     def shell() -> float:
         shutil.rmtree(www, ignore_errors=True)
